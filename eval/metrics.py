@@ -1,0 +1,108 @@
+"""Ranking metrics for leave-one-out evaluation: one relevant item (the target) per user. Pure numpy.
+
+All metrics start from `target_ranks`: the 1-based rank of each user's target in that user's ranked list, 0 when
+the target is absent. With one relevant item, Recall@K equals HR@K and the ideal DCG is 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def target_ranks(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
+    """1-based rank of `targets[u]` in `ranked[u]`, 0 if absent.
+
+    Examples:
+        >>> target_ranks([["a", "b"], ["c", "d"]], ["b", "x"]).tolist()
+        [2, 0]
+    """
+    if len(ranked) != len(targets):
+        raise ValueError(f"{len(ranked)} ranked lists for {len(targets)} targets; pass one list per target.")
+    ranks = np.zeros(len(targets), dtype=np.int64)  # (U,)
+    for user, (items, target) in enumerate(zip(ranked, targets, strict=True)):
+        for position, item_id in enumerate(items, start=1):
+            if item_id == target:
+                ranks[user] = position
+                break
+    return ranks
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Recall@K = mean over users of 1[1 <= rank <= K].
+
+    Examples:
+        >>> recall_at_k(np.array([1, 3, 0, 11]), 10)
+        0.5
+    """
+    return float(np.mean((ranks >= 1) & (ranks <= k)))
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """NDCG@K = mean over users of 1[1 <= rank <= K] / log2(rank + 1) (ideal DCG is 1 with one target).
+
+    Examples:
+        >>> round(ndcg_at_k(np.array([1, 3, 0]), 10), 6)  # (1 + 1/log2(4) + 0) / 3
+        0.5
+    """
+    hit = (ranks >= 1) & (ranks <= k)
+    gains = np.zeros(len(ranks), dtype=np.float64)
+    gains[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
+    return float(gains.mean())
+
+
+def mrr_at_k(ranks: np.ndarray, k: int) -> float:
+    """MRR@K = mean over users of 1[1 <= rank <= K] / rank.
+
+    Examples:
+        >>> mrr_at_k(np.array([1, 4, 0, 20]), 10)
+        0.3125
+    """
+    hit = (ranks >= 1) & (ranks <= k)
+    reciprocal = np.zeros(len(ranks), dtype=np.float64)
+    reciprocal[hit] = 1.0 / ranks[hit]
+    return float(reciprocal.mean())
+
+
+def coverage_at_k(ranked: Sequence[Sequence[str]], k: int, num_items: int) -> float:
+    """Catalog coverage = |union of all users' top-K items| / number of catalog items.
+
+    Examples:
+        >>> coverage_at_k([["a", "b"], ["b", "c"]], 1, 4)
+        0.5
+    """
+    return len({item_id for items in ranked for item_id in items[:k]}) / num_items
+
+
+def invalid_rate(ranked: Sequence[Sequence[str]], k: int, catalog: set[str] | dict) -> float:
+    """Share of the first K slots of every list that hold an invalid output: an id outside the catalog, a
+    repeat of an earlier id in the same list, or a missing slot (a list shorter than K).
+
+    Examples:
+        >>> invalid_rate([["a", "a"], ["zz", "b"]], 2, {"a", "b"})
+        0.5
+    """
+    bad = 0
+    for items in ranked:
+        top = list(items[:k])
+        bad += (k - len(top)) + sum(1 for item_id in top if item_id not in catalog) + len(top) - len(set(top))
+    return bad / (k * len(ranked)) if ranked else 0.0
+
+
+def ranking_metrics(
+    ranked: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    catalog: set[str] | dict,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, float]:
+    """Recall@K and NDCG@K for each K, MRR@10, top-10 coverage and invalid rate at the largest K."""
+    ranks = target_ranks(ranked, targets)
+    metrics: dict[str, float] = {}
+    for k in ks:
+        metrics[f"recall@{k}"] = recall_at_k(ranks, k)
+        metrics[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    metrics["mrr@10"] = mrr_at_k(ranks, 10)
+    metrics["coverage@10"] = coverage_at_k(ranked, 10, len(catalog))
+    metrics["invalid_rate"] = invalid_rate(ranked, max(ks), catalog)
+    return metrics

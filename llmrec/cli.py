@@ -1,0 +1,160 @@
+"""The `llmrec` command line: `data`, `evaluate` and `demo` subcommands.
+
+This module is the composition root: `evaluate` and `demo` import `eval` lazily inside their handlers, so that
+no library module of `llmrec` depends on `eval` or `tokenizer` (tests/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from llmrec.data.dataset import load_dataset
+from llmrec.data.io import DataError
+from llmrec.data.prepare import PrepareConfig, prepare
+from llmrec.data.stats import format_stats
+
+logger = logging.getLogger("llmrec")
+
+DEFAULT_AMAZON_OFFICE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-office"
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """`"user_id=uid,item_id=iid"` -> `{"user_id": "uid", "item_id": "iid"}`."""
+    pairs = [part for part in text.split(",") if part.strip()]
+    mapping = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise argparse.ArgumentTypeError(f"--columns entry {pair!r} must look like llmrec_name=file_column.")
+        key, value = pair.split("=", 1)
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _add_prepare_options(parser: argparse.ArgumentParser, min_user: int = 3, min_item: int = 0) -> None:
+    defaults = PrepareConfig()
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--min-user", type=int, default=min_user, help="k-core threshold for users (>= 3)")
+    parser.add_argument("--min-item", type=int, default=min_item, help="k-core threshold for items (0 keeps all)")
+    parser.add_argument(
+        "--duplicates",
+        choices=("keep", "first", "last"),
+        default=defaults.duplicates,
+        help="repeated (user, item) pairs at different times: keep all, or only the first/last",
+    )
+    parser.add_argument("--max-history", type=int, default=defaults.max_history, help="history length fed to models")
+    parser.add_argument("--strict", action="store_true", help="fail on unknown items and users with < 3 interactions")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmrec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="import, clean and split datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    prep = data.add_parser("prepare", help="write a canonical dataset folder").add_subparsers(
+        dest="source", required=True
+    )
+    for name in ("ml-100k", "ml-1m"):
+        sub = prep.add_parser(name, help=f"MovieLens {name[3:].upper()} (RecBole atomic files or GroupLens raw)")
+        sub.add_argument("--path", help="folder with RecBole atomic files, or the RecBole wheel (default: find it)")
+        sub.add_argument("--raw", help="folder with the GroupLens raw files (u.data/u.item or ratings.dat/movies.dat)")
+        _add_prepare_options(sub)
+    sub = prep.add_parser("amazon", help="Amazon reviews + metadata (2014 or 2018 format, .json or .json.gz)")
+    sub.add_argument("--reviews", required=True, type=Path)
+    sub.add_argument("--meta", required=True, type=Path)
+    sub.add_argument("--name", help="dataset name (default: from the reviews file name)")
+    _add_prepare_options(sub, min_user=5, min_item=5)
+    sub = prep.add_parser("amazon-office", help="the amazon-office sequences folder (items.jsonl, interactions.csv)")
+    sub.add_argument("--path", type=Path, default=DEFAULT_AMAZON_OFFICE)
+    _add_prepare_options(sub)
+    sub = prep.add_parser("csv", help="any interaction table + item table (CSV/TSV/JSONL) with a column mapping")
+    sub.add_argument("--interactions", required=True, type=Path)
+    sub.add_argument("--items", required=True, type=Path)
+    sub.add_argument("--columns", type=parse_columns, default={}, help="e.g. user_id=uid,item_id=iid,timestamp=ts")
+    sub.add_argument("--text-fields", help="comma-separated item columns to keep as text (default: all others)")
+    sub.add_argument("--name", help="dataset name (default: the folder name)")
+    _add_prepare_options(sub)
+    stats = data.add_parser("stats", help="print the report of a prepared dataset folder")
+    stats.add_argument("dataset", type=Path)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
+    evaluate.add_argument("--dataset", type=Path, required=True)
+    evaluate.add_argument("--model", choices=("popularity",), default="popularity")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    evaluate.add_argument("--keep-seen", action="store_true", help="do not exclude items already in the history")
+    evaluate.add_argument("--out", type=Path, help="metrics.json to write")
+
+    demo = commands.add_parser("demo", help="the end-to-end pipeline on MovieLens-100K, offline")
+    demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    return parser
+
+
+def import_source(args: argparse.Namespace):
+    """Run the importer the `data prepare` subcommand names."""
+    from llmrec.data import importers
+
+    if args.source in ("ml-100k", "ml-1m"):
+        if args.raw:
+            reader = importers.import_grouplens_100k if args.source == "ml-100k" else importers.import_grouplens_1m
+            return reader(args.raw)
+        return importers.import_recbole_movielens(args.source, args.path)
+    if args.source == "amazon":
+        return importers.import_amazon(args.reviews, args.meta, args.name)
+    if args.source == "amazon-office":
+        return importers.import_amazon_office(args.path)
+    text_fields = args.text_fields.split(",") if args.text_fields else None
+    return importers.import_table(args.interactions, args.items, args.columns, text_fields, args.name)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    config = PrepareConfig(
+        min_user_interactions=args.min_user,
+        min_item_interactions=args.min_item,
+        duplicates=args.duplicates,
+        max_history=args.max_history,
+        strict=args.strict,
+    )
+    dataset = prepare(import_source(args), args.out, config, overwrite=args.overwrite)
+    print(format_stats(dataset.name, dataset.meta["stats"]))
+    print(f"wrote {args.out}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from eval.evaluate import evaluate_popularity, save_metrics
+
+    metrics = evaluate_popularity(load_dataset(args.dataset), args.split, exclude_seen=not args.keep_seen)
+    if args.out:
+        save_metrics(metrics, args.out)
+    print(json.dumps({key: value for key, value in metrics.items() if key != "dataset_sha256"}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "data" and args.data_command == "prepare":
+            run_prepare(args)
+        elif args.command == "data" and args.data_command == "stats":
+            dataset = load_dataset(args.dataset)
+            print(format_stats(dataset.name, dataset.meta["stats"]))
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        elif args.command == "demo":
+            from llmrec.demo import run_demo
+
+            run_demo(args.workdir)
+    except (DataError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
