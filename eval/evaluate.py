@@ -23,7 +23,11 @@ RecommendFn = Callable[[Example, int], list[str]]
 def evaluate_examples(
     recommend: RecommendFn, examples: list[Example], catalog: dict, k: int = 20, desc: str = "evaluate"
 ) -> dict[str, float]:
-    """Rank the full catalog for every example with `recommend(example, k)` and compute the metrics at K<=`k`."""
+    """Rank the full catalog for every example with `recommend(example, k)` and compute the metrics at K<=`k`.
+
+    `k` is capped at the catalog size, so tiny catalogs still evaluate.
+    """
+    k = min(k, len(catalog))
     ranked = [recommend(example, k) for example in tqdm(examples, desc=desc, unit="user", mininterval=1.0)]
     metrics = ranking_metrics(ranked, [example.target for example in examples], catalog, ks=(5, 10, 20))
     metrics["n_users"] = len(examples)

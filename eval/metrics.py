@@ -76,18 +76,20 @@ def coverage_at_k(ranked: Sequence[Sequence[str]], k: int, num_items: int) -> fl
 
 
 def invalid_rate(ranked: Sequence[Sequence[str]], k: int, catalog: set[str] | dict) -> float:
-    """Share of the first K slots of every list that hold an invalid output: an id outside the catalog, a
-    repeat of an earlier id in the same list, or a missing slot (a list shorter than K).
+    """Share of the returned entries among the first K of every list that are invalid: an id outside the catalog
+    or a repeat of an earlier id in the same list. A list shorter than K (every other item excluded as already
+    seen) is not an error and adds no entries.
 
     Examples:
         >>> invalid_rate([["a", "a"], ["zz", "b"]], 2, {"a", "b"})
         0.5
     """
-    bad = 0
+    bad = total = 0
     for items in ranked:
         top = list(items[:k])
-        bad += (k - len(top)) + sum(1 for item_id in top if item_id not in catalog) + len(top) - len(set(top))
-    return bad / (k * len(ranked)) if ranked else 0.0
+        total += len(top)
+        bad += sum(1 for item_id in top if item_id not in catalog) + len(top) - len(set(top))
+    return bad / total if total else 0.0
 
 
 def ranking_metrics(
