@@ -157,6 +157,8 @@ def load_dataset(folder: str | Path) -> Dataset:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"{located(meta_path, err.lineno)}: not valid JSON ({err.msg}).") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; re-run `llmrec data prepare`.")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{meta_path}: format_version {meta.get('format_version')!r}, this llmrec reads {FORMAT_VERSION}; "

@@ -55,6 +55,8 @@ def read_lines(path: str | Path, encoding: str = "utf-8", skip_blank: bool = Tru
                     f"Re-encode the file as {encoding} (for example `iconv -f latin1 -t utf-8 {path.name}`)."
                 ) from None
             text = text.rstrip("\r\n")
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not content
             if skip_blank and not text.strip():
                 continue
             seen_any = True
@@ -72,6 +74,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it is renamed to `final`, on error it is deleted.
@@ -84,6 +92,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists; pass --overwrite to replace it or choose another --out.")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be like any new folder
     try:
         yield tmp
     except BaseException:
@@ -103,6 +112,7 @@ def write_json_atomic(path: str | Path, payload: object) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be like any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2, ensure_ascii=False)

