@@ -1,7 +1,7 @@
-"""The `llmrec` command line: `data`, `evaluate` and `demo` subcommands.
+"""The `llmrec` command line: `data`, `index`, `evaluate` and `demo` subcommands.
 
-This module is the composition root: `evaluate` and `demo` import `eval` lazily inside their handlers, so that
-no library module of `llmrec` depends on `eval` or `tokenizer` (tests/test_layout.py checks it).
+This module is the composition root: it imports `tokenizer` and `eval` lazily inside functions, so that no
+library module of `llmrec` depends on them (tests/test_layout.py checks it).
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ def make_parser() -> argparse.ArgumentParser:
     stats = data.add_parser("stats", help="print the report of a prepared dataset folder")
     stats.add_argument("dataset", type=Path)
 
+    from tokenizer.cli import add_index_commands
+
+    add_index_commands(commands)
+
     evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
     evaluate.add_argument("--dataset", type=Path, required=True)
     evaluate.add_argument("--model", choices=("popularity",), default="popularity")
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data" and args.data_command == "stats":
             dataset = load_dataset(args.dataset)
             print(format_stats(dataset.name, dataset.meta["stats"]))
+        elif args.command == "index":
+            from tokenizer.cli import run_index_command
+
+            run_index_command(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "demo":

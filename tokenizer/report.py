@@ -1,0 +1,144 @@
+"""Index diagnostics: code usage and perplexity per level, prefix groups, semantic coherence, and a PNG.
+
+Semantic coherence asks whether the first-level code means something: the share of item pairs that have a label
+in common (ml-100k genres, Amazon categories or brand) among pairs sharing their first code, next to the same
+share among random pairs. A useful index has the first clearly above the second.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from llmrec.schemas import Item
+from llmrec.sid import SemanticIdIndex
+
+logger = logging.getLogger(__name__)
+
+LABEL_FIELDS = ("genres", "categories", "brand")
+
+
+def code_stats(codes: np.ndarray, codebook_sizes: list[int] | tuple[int, ...], top: int = 5) -> dict:
+    """Per-level usage (share of codes used) and perplexity (exp of the code distribution's entropy), and the
+    largest groups of items sharing a first code or all but the last code.
+
+    Examples:
+        >>> stats = code_stats(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), [2, 2])
+        >>> stats["usage"], stats["perplexity"]
+        ([1.0, 1.0], [2.0, 2.0])
+    """
+    usage, perplexity = [], []
+    for level, size in enumerate(codebook_sizes):
+        counts = np.bincount(codes[:, level], minlength=size).astype(np.float64)
+        probs = counts[counts > 0] / counts.sum()
+        usage.append(float((counts > 0).sum() / size))
+        perplexity.append(round(float(np.exp(-(probs * np.log(probs)).sum())), 4))
+    first = Counter(int(code) for code in codes[:, 0])
+    prefix = Counter(tuple(int(c) for c in row) for row in codes[:, :-1]) if codes.shape[1] > 1 else Counter()
+    return {
+        "usage": usage,
+        "perplexity": perplexity,
+        "first_level_groups": len(first),
+        "largest_first_level_groups": [[code, size] for code, size in first.most_common(top)],
+        "prefix_groups": len(prefix),
+        "largest_prefix_groups": [[list(code), size] for code, size in prefix.most_common(top)],
+        "prefix_group_sizes": sorted(prefix.values(), reverse=True) if prefix else [],
+    }
+
+
+def item_labels(items: dict[str, Item], field: str | None = None) -> tuple[str | None, dict[str, set[str]]]:
+    """Label sets per item from `field`, or the first of genres/categories/brand that half the items have."""
+    candidates = [field] if field else list(LABEL_FIELDS)
+    for name in candidates:
+        labels = {}
+        for item_id, item in items.items():
+            value = item.fields.get(name, "")
+            parts = {part.strip().lower() for part in value.replace(";", ",").replace(">", ",").split(",")}
+            labels[item_id] = {part for part in parts if part}
+        if sum(1 for value in labels.values() if value) >= len(items) / 2:
+            return name, labels
+    return None, {}
+
+
+def semantic_coherence(
+    index: SemanticIdIndex, items: dict[str, Item], field: str | None = None, pairs: int = 20000, seed: int = 0
+) -> dict:
+    """Label agreement of pairs sharing a first-level code vs random pairs (sampled, items without labels skipped)."""
+    name, labels = item_labels(items, field)
+    if name is None:
+        return {"field": None, "note": f"no label field ({', '.join(LABEL_FIELDS)}) on at least half the items"}
+    ids = [item_id for item_id in index.items if labels.get(item_id)]
+    rng = np.random.default_rng(seed)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for item_id in ids:
+        groups[index.items[item_id][0]].append(item_id)
+    multi = [members for members in groups.values() if len(members) > 1]
+    if not multi:
+        return {"field": name, "note": "no first-level code is shared by two labelled items"}
+    weights = np.array([len(m) * (len(m) - 1) for m in multi], dtype=np.float64)
+    chosen = rng.choice(len(multi), size=pairs, p=weights / weights.sum())
+
+    def agree(a: str, b: str) -> bool:
+        return bool(labels[a] & labels[b])
+
+    same = []
+    for group_index in chosen:
+        a, b = rng.choice(len(multi[group_index]), size=2, replace=False)
+        same.append(agree(multi[group_index][a], multi[group_index][b]))
+    random_pairs = rng.integers(0, len(ids), size=(pairs, 2))
+    rand = [agree(ids[a], ids[b]) for a, b in random_pairs if a != b]
+    same_rate, random_rate = float(np.mean(same)), float(np.mean(rand))
+    return {
+        "field": name,
+        "same_first_code_agreement": round(same_rate, 4),
+        "random_pair_agreement": round(random_rate, 4),
+        "lift": round(same_rate / max(random_rate, 1e-12), 3),
+        "pairs": pairs,
+    }
+
+
+def plot_report(index: SemanticIdIndex, stats: dict, path: str | Path) -> None:
+    """Four panels: sorted code counts per level, perplexity per level, prefix-group sizes, coherence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    codes = np.array(list(index.items.values()))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0, 0]
+    for level, size in enumerate(index.codebook_sizes):
+        counts = np.sort(np.bincount(codes[:, level], minlength=size))[::-1]
+        ax.plot(np.arange(1, size + 1), counts, label=f"level {index.level_names[level]} ({size} codes)")
+    ax.set(title="items per code, sorted", xlabel="code rank", ylabel="items", yscale="symlog")
+    ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    perplexity = stats["perplexity"]
+    ax.bar([index.level_names[i] for i in range(len(perplexity))], perplexity, color="tab:blue", label="perplexity")
+    ax.plot([index.level_names[i] for i in range(len(perplexity))], index.codebook_sizes, "k_", ms=30, label="codes")
+    ax.set(title="code perplexity per level (max = codebook size)", ylabel="perplexity")
+    ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    sizes = stats.get("prefix_group_sizes") or [1]
+    ax.hist(sizes, bins=min(50, max(sizes)), color="tab:green")
+    ax.set(title=f"items per prefix (all but last level), {len(sizes)} groups", xlabel="items", ylabel="prefixes")
+    ax = axes[1, 1]
+    coherence = stats.get("coherence", {})
+    if "same_first_code_agreement" in coherence:
+        values = [coherence["same_first_code_agreement"], coherence["random_pair_agreement"]]
+        ax.bar(["same first code", "random pair"], values, color=["tab:orange", "tab:gray"])
+        ax.set(title=f"pairs sharing a {coherence['field']} label (lift {coherence['lift']}x)", ylim=(0, 1))
+    else:
+        ax.text(0.5, 0.5, coherence.get("note", "no coherence check"), ha="center", va="center", wrap=True)
+        ax.set_axis_off()
+    method = index.source["quantizer"]["method"]
+    before, after = stats["collision_rate_before"], stats["collision_rate_after"]
+    fig.suptitle(
+        f"{index.source['dataset']}: {len(index.items)} items, {method}, collisions {before:.2%} -> {after:.2%}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
