@@ -164,7 +164,7 @@ def fuse(blocks: list[tuple[np.ndarray, float]]) -> np.ndarray:
     """Concatenate per-modality blocks after L2 normalisation, each scaled by its weight.
 
     Examples:
-        >>> fuse([(np.array([[3.0, 4.0]]), 1.0), (np.array([[0.0, 2.0]]), 0.5)]).round(4).tolist()
+        >>> fuse([(np.array([[3.0, 4.0]]), 1.0), (np.array([[0.0, 2.0]]), 0.5)]).astype(float).round(4).tolist()
         [[0.6, 0.8, 0.0, 0.5]]
     """
     return np.concatenate([l2_normalize(block) * weight for block, weight in blocks], axis=1).astype(np.float32)
