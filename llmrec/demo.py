@@ -1,8 +1,9 @@
 """The README's main job: the pipeline end to end on MovieLens-100K, offline, with resumable stages.
 
-Stages so far: prepare the data (reused when the folder already validates) -> dataset report -> most-popular
-baseline on the test split -> example users. Later stages (semantic-ID index, SFT, constrained decoding) slot in
-between. Like `llmrec.cli`, this is a composition root and imports `eval` inside the function.
+Stages so far: prepare the data -> semantic-ID index (MiniLM text embeddings, RQ-VAE, collision-free) ->
+most-popular baseline on the test split -> example users with their items' SIDs. Each finished stage is reused on
+the next run when its output still validates. Later stages (SFT, constrained decoding) slot in before the
+evaluation. Like `llmrec.cli`, this is a composition root and imports `tokenizer` and `eval` inside functions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from llmrec.data.importers import import_recbole_movielens
 from llmrec.data.io import DataError
 from llmrec.data.prepare import prepare
 from llmrec.data.stats import format_stats
+from llmrec.sid import SemanticIdIndex, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,22 @@ def prepared_dataset(folder: Path) -> Dataset:
         except DataError as err:
             logger.warning("Rebuilding %s: %s", folder, err)
     return prepare(import_recbole_movielens("ml-100k"), folder, overwrite=True)
+
+
+def built_index(dataset: Dataset, path: Path) -> SemanticIdIndex:
+    """Reuse `path` if it is a valid index of this exact catalog, else build it with the default config."""
+    if path.exists():
+        try:
+            index = load_index(path, dataset.items)
+            if index.catalog_sha256 == dataset.meta["files"]["items.jsonl"]:
+                logger.info("Reusing %s", path)
+                return index
+            logger.warning("Rebuilding %s: it was built from another version of the catalog.", path)
+        except DataError as err:
+            logger.warning("Rebuilding %s: %s", path, err)
+    from tokenizer.build import build_index
+
+    return build_index(dataset, path, cache=dataset.path / "embeddings")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -50,6 +68,13 @@ def run_demo(workdir: str | Path, num_examples: int = 3) -> list[dict]:
     workdir = Path(workdir)
     dataset = prepared_dataset(workdir / "data" / "ml-100k")
     print(format_stats(dataset.name, dataset.meta["stats"]))
+    index = built_index(dataset, workdir / "index" / "sid_index.json")
+    stats = index.stats
+    print(
+        f"\nsemantic-ID index: {len(index.items)} items, {index.num_levels} levels x {index.codebook_sizes[0]} codes, "
+        f"collisions {stats['collision_rate_before']:.2%} -> {stats['collision_rate_after']:.2%}, "
+        f"code usage {[round(u, 2) for u in stats['usage']]}, perplexity {[round(p) for p in stats['perplexity']]}"
+    )
 
     rows = []
     for exclude_seen in (True, False):
@@ -63,7 +88,7 @@ def run_demo(workdir: str | Path, num_examples: int = 3) -> list[dict]:
     split = dataset.load_split()
     model = MostPopular(split, dataset.items)
     for example in split.examples("test")[:num_examples]:
-        recent = [dataset.items[item_id].title for item_id in example.history[-5:]]
+        recent = [f"{dataset.items[i].title} {index.format(index.items[i])}" for i in example.history[-3:]]
         top = [dataset.items[item_id].title for item_id in model.recommend(example.seen, k=5)]
         print(f"\nuser {example.user_id}: recent history {recent}")
         print(f"  most-popular top-5: {top}")

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 from llmrec.data.io import DataError, write_json_atomic
@@ -93,7 +94,7 @@ class SemanticIdIndex:
             (12, 3)
         """
         pattern = "".join(
-            re.escape(self.token_template.format(level=name, code="\0")).replace("\0", r"(\d+)")
+            re.escape(self.token_template.format(level=name, code="\0")).replace("\0", r"(0|[1-9][0-9]*)")
             for name in self.level_names
         )
         match = re.fullmatch(pattern, text.strip())
@@ -127,7 +128,7 @@ class SemanticIdIndex:
             "catalog_sha256": self.catalog_sha256,
             "source": self.source,
             "stats": self.stats,
-            "items": {item_id: list(sid) for item_id, sid in self.items.items()},
+            "items": {item_id: [int(code) for code in sid] for item_id, sid in self.items.items()},
         }
 
 
@@ -140,7 +141,7 @@ def validate_codes(items: dict[str, Sid], codebook_sizes: tuple[int, ...], where
                 f"{where}: item {item_id!r} has {len(sid)} codes, the index has {len(codebook_sizes)} levels."
             )
         for level, code in enumerate(sid):
-            if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < codebook_sizes[level]:
+            if not isinstance(code, Integral) or isinstance(code, bool) or not 0 <= code < codebook_sizes[level]:
                 raise DataError(
                     f"{where}: item {item_id!r} code {code!r} at level {level} is outside "
                     f"0..{codebook_sizes[level] - 1}."
@@ -185,6 +186,8 @@ def load_index(path: str | Path, catalog: Iterable[str] | None = None) -> Semant
         payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(payload).__name__}; rebuild the index.")
     if payload.get("format_version") != INDEX_FORMAT_VERSION:
         raise DataError(
             f"{path}: format_version {payload.get('format_version')!r}, this llmrec reads {INDEX_FORMAT_VERSION}; "
@@ -204,6 +207,10 @@ def load_index(path: str | Path, catalog: Iterable[str] | None = None) -> Semant
             raise DataError(f"{path}: item {item_id!r} codes {codes!r} must be a list of integers.")
         items[item_id] = tuple(codes)
     validate_codes(items, tuple(sizes), str(path))
+    if len(payload["level_names"]) != len(sizes):
+        raise DataError(
+            f"{path}: {len(payload['level_names'])} level_names for {len(sizes)} codebook_sizes; one name per level."
+        )
     index = SemanticIdIndex(
         items=items,
         codebook_sizes=tuple(sizes),

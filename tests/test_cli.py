@@ -70,11 +70,13 @@ def test_python_dash_m_entry_point():
 
 @pytest.mark.integration
 def test_demo_on_movielens_100k(tmp_path, capsys):
-    """The README's main job, as far as it goes today: real ml-100k, report, popularity table, examples."""
+    """The README's main job, as far as it goes today: real ml-100k, index, popularity table, examples."""
     assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "users                943" in out and "items              1,682" in out
     assert "| most-popular |" in out and out.count("held-out next item") == 3
+    assert "semantic-ID index: 1682 items, 3 levels x 256 codes" in out and "-> 0.00%" in out
+    assert (tmp_path / "demo" / "index" / "sid_index.quantizer.safetensors").is_file()
     metrics = json.loads((tmp_path / "demo" / "eval" / "popularity_test.json").read_text())
     # RecBole 1.2.1's Pop with history masked gives R@10 .0838 / N@10 .0446 on its own split (BENCHMARKS.md);
     # ours differs only in tie-breaks, so it must land close.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from llmrec.data.dataset import Dataset
 from llmrec.data.io import DataError, sha256_file
-from llmrec.sid import SemanticIdIndex, check_covers_catalog, save_index
+from llmrec.sid import DEFAULT_LEVEL_NAMES, SemanticIdIndex, check_covers_catalog, save_index
 from llmrec.version import __version__
 from tokenizer.assign import assign_codes, assign_new_items, collision_rate, resolve_collisions
 from tokenizer.config import EmbeddingConfig, IndexConfig, QuantizerConfig, TextTemplate
@@ -74,33 +75,26 @@ def fit_quantizer(embeddings: np.ndarray, config: QuantizerConfig) -> tuple[Resi
     return train_rqvae(embeddings, config)
 
 
-def build_index(
-    dataset: Dataset,
-    out: str | Path,
-    config: IndexConfig | None = None,
-    cache: Path | None = None,
-    text_encoder: Encoder | None = None,
-    image_encoder: Encoder | None = None,
-) -> SemanticIdIndex:
-    """Build and save the semantic-ID index of every item in `dataset`; returns it (stats include the report)."""
-    config = config or IndexConfig()
-    out = Path(out)
+def quantize_embeddings(
+    embeddings: np.ndarray, config: QuantizerConfig
+) -> tuple[ResidualCodebooks, np.ndarray, list[int], dict]:
+    """Fit the quantizer on `embeddings` (N, D) and give every row a unique SID.
+
+    Returns the fitted codebooks, the codes (N, M) or (N, M + 1) with a dedup level, the codebook size of each
+    level, and build statistics (collision rates, reconstruction error, usage, perplexity, timings).
+    """
     started = time.perf_counter()
-    embeddings, embed_summary = embed_items(
-        dataset.items, config.embedding, cache, dataset.path, text_encoder, image_encoder
-    )  # (N, D)
-    embed_seconds = time.perf_counter() - started
-    codebooks, history = fit_quantizer(embeddings, config.quantizer)
+    codebooks, history = fit_quantizer(embeddings, config)
     latents = codebooks.latents(embeddings)  # (N, d)
     greedy = assign_codes(latents, codebooks.codebooks)  # (N, M)
     codes, collisions = resolve_collisions(latents, codebooks.codebooks, greedy)
-    codebook_sizes = [config.quantizer.codebook_size] * config.quantizer.num_levels
+    codebook_sizes = [config.codebook_size] * config.num_levels
     if collisions["extra_level"]:
         codebook_sizes.append(int(codes[:, -1].max()) + 1)
     reconstruction = codebooks.reconstruct(greedy)
     target = codebooks.normalize(embeddings) if codebooks.decoder is not None else latents
     stats = {
-        "items": len(dataset.items),
+        "items": len(embeddings),
         "collision_rate_before": collision_rate(greedy),
         "collision_rate_after": collision_rate(codes),
         **collisions,
@@ -109,27 +103,83 @@ def build_index(
             np.linalg.norm(reconstruction - target) / max(np.linalg.norm(target), 1e-12)
         ),
         **code_stats(codes, codebook_sizes),
-        "embedding_seconds": round(embed_seconds, 2),
-        "quantizer_seconds": history.get("seconds"),
+        "quantizer_seconds": history["seconds"],
+        "assignment_seconds": round(time.perf_counter() - started - history["seconds"], 2),
         "training": history,
-        "total_seconds": round(time.perf_counter() - started, 2),
     }
+    return codebooks, codes, codebook_sizes, stats
+
+
+def build_index(
+    dataset: Dataset,
+    out: str | Path,
+    config: IndexConfig | None = None,
+    cache: Path | None = None,
+    text_encoder: Encoder | None = None,
+    image_encoder: Encoder | None = None,
+) -> SemanticIdIndex:
+    """Build and save the semantic-ID index of every item in `dataset`; returns it (stats include the report).
+
+    With `config.per_modality`, one index per modality is written (see `IndexConfig`) and the first is returned.
+    """
+    config = config or IndexConfig()
+    out = Path(out)
+    if not config.per_modality:
+        return build_one_index(dataset, out, config.embedding, config.quantizer, cache, text_encoder, image_encoder)
+    indices = []
+    for position, modality in enumerate(config.embedding.modalities):
+        embedding = replace(config.embedding, modalities=(modality,))
+        path = out if position == 0 else out.with_name(f"{out.stem}.{modality}.json")
+        names = DEFAULT_LEVEL_NAMES if position == 0 else tuple(modality[0] + name for name in DEFAULT_LEVEL_NAMES)
+        indices.append(
+            build_one_index(
+                dataset, path, embedding, config.quantizer, cache, text_encoder, image_encoder, level_names=names
+            )
+        )
+    return indices[0]
+
+
+def build_one_index(
+    dataset: Dataset,
+    out: Path,
+    embedding: EmbeddingConfig,
+    quantizer: QuantizerConfig,
+    cache: Path | None,
+    text_encoder: Encoder | None,
+    image_encoder: Encoder | None,
+    level_names: tuple[str, ...] = DEFAULT_LEVEL_NAMES,
+) -> SemanticIdIndex:
+    """Embed, quantize and save one index (one SID per item from the fused `embedding.modalities`)."""
+    # Record the encoders actually used, so that `add_items` embeds new items with the same ones.
+    if text_encoder is not None:
+        embedding = replace(embedding, text_encoder=text_encoder.name)
+    if image_encoder is not None:
+        embedding = replace(embedding, image_encoder=image_encoder.name)
+    started = time.perf_counter()
+    embeddings, embed_summary = embed_items(
+        dataset.items, embedding, cache, dataset.path, text_encoder, image_encoder
+    )  # (N, D)
+    embed_seconds = time.perf_counter() - started
+    codebooks, codes, codebook_sizes, stats = quantize_embeddings(embeddings, quantizer)
+    stats["embedding_seconds"] = round(embed_seconds, 2)
+    stats["total_seconds"] = round(time.perf_counter() - started, 2)
     items = {item_id: tuple(int(c) for c in row) for item_id, row in zip(dataset.items, codes, strict=True)}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_quantizer(codebooks, quantizer_path(out))
     index = SemanticIdIndex(
         items=items,
         codebook_sizes=tuple(codebook_sizes),
+        level_names=tuple(level_names[: len(codebook_sizes)]),
         catalog_sha256=dataset.meta["files"]["items.jsonl"],
         source={
             "dataset": dataset.name,
             "llmrec_version": __version__,
-            "embedding": {**config.embedding.to_json(), **embed_summary},
+            "embedding": {**embedding.to_json(), **embed_summary},
             "input_dim": int(embeddings.shape[1]),
-            "quantizer": config.quantizer.to_json(),
+            "quantizer": quantizer.to_json(),
             "quantizer_file": quantizer_path(out).name,
             "quantizer_sha256": sha256_file(quantizer_path(out)),
-            "dedup_level": bool(collisions["extra_level"]),
+            "dedup_level": bool(stats["extra_level"]),
         },
         stats=stats,
     )
@@ -161,7 +211,6 @@ def add_items(
     index_path: Path,
     dataset: Dataset,
     out: str | Path,
-    cache: Path | None = None,
     text_encoder: Encoder | None = None,
     image_encoder: Encoder | None = None,
 ) -> SemanticIdIndex:
@@ -181,8 +230,15 @@ def add_items(
     new_items = {item_id: dataset.items[item_id] for item_id in new_ids}
     items = dict(index.items)
     if new_ids:
+        # No cache: it holds the whole catalog's vectors, which a subset must not overwrite.
         embeddings, _ = embed_items(
-            new_items, embedding_config_of(index), cache, dataset.path, text_encoder, image_encoder
+            new_items,
+            embedding_config_of(index),
+            None,
+            dataset.path,
+            text_encoder,
+            image_encoder,
+            image_dim=index.source["embedding"].get("image_dim"),
         )
         if embeddings.shape[1] != index.source["input_dim"]:
             raise DataError(
@@ -198,7 +254,7 @@ def add_items(
         level_names=index.level_names,
         token_template=index.token_template,
         catalog_sha256=dataset.meta["files"]["items.jsonl"],
-        source=index.source,
+        source={**index.source, "dataset": dataset.name},
         stats={**index.stats, "added_items": index.stats.get("added_items", 0) + len(new_ids)},
     )
     check_covers_catalog(grown, dataset.items, str(out))

@@ -40,6 +40,9 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help="efficientnet-lite0 or an ST model")
     build.add_argument("--text-weight", type=float, default=1.0)
     build.add_argument("--image-weight", type=float, default=1.0)
+    build.add_argument(
+        "--per-modality", action="store_true", help="one index per modality (MQL4GRec) instead of one fused SID"
+    )
     build.add_argument("--text-fields", default=",".join(DEFAULT_TEXT_FIELDS), help="item fields in the text")
     build.add_argument("--levels", type=int, default=defaults.num_levels)
     build.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
@@ -53,7 +56,6 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--index", type=Path, required=True, help="existing sid_index.json")
     add.add_argument("--dataset", type=Path, required=True, help="prepared dataset with the grown catalog")
     add.add_argument("--out", type=Path, help="where to write the grown index (default: replace --index)")
-    add.add_argument("--cache", type=Path)
 
     report = sub.add_parser("report", help="diagnostics of an index: usage, perplexity, collisions, coherence")
     report.add_argument("--index", type=Path, required=True)
@@ -79,8 +81,8 @@ def write_report(index_path: Path, dataset_dir: Path, out: Path | None = None, f
         "dataset": dataset.name,
         "items": len(index.items),
         "codebook_sizes": list(index.codebook_sizes),
-        "method": index.source["quantizer"]["method"],
-        **{key: index.stats[key] for key in build_keys},
+        "method": index.source.get("quantizer", {}).get("method"),
+        **{key: index.stats.get(key) for key in build_keys},  # absent from hand-made or foreign indices
         "collision_rate_after": 0.0,  # load_index rejects any index in which two items share a SID
         **code_stats(codes, index.codebook_sizes),
         "coherence": semantic_coherence(index, dataset.items, field),
@@ -113,7 +115,10 @@ def run_index_command(args: argparse.Namespace) -> None:
         )
         dataset = load_dataset(args.dataset)
         index = build_index(
-            dataset, args.out, IndexConfig(embedding, quantizer), args.cache or args.dataset / "embeddings"
+            dataset,
+            args.out,
+            IndexConfig(embedding, quantizer, per_modality=args.per_modality),
+            args.cache or args.dataset / "embeddings",
         )
         print(summary_line(index.stats, len(index.items), index.num_levels))
         if args.report:
@@ -123,7 +128,7 @@ def run_index_command(args: argparse.Namespace) -> None:
         dataset = load_dataset(args.dataset)
         out = args.out or args.index
         index = load_index(args.index)
-        grown = add_items(index, args.index, dataset, out, args.cache or args.dataset / "embeddings")
+        grown = add_items(index, args.index, dataset, out)
         print(f"added {len(grown.items) - len(index.items)} items; wrote {out}")
     else:
         stats = write_report(args.index, args.dataset, args.out, args.field)

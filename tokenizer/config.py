@@ -135,7 +135,12 @@ class IndexConfig:
     Args:
         embedding (`EmbeddingConfig`): modalities, encoders, fusion weights, text template.
         quantizer (`QuantizerConfig`): method, levels, codebook size, training.
+        per_modality (`bool`, *optional*, defaults to `False`): instead of one SID from the fused embedding, build
+            one index per modality, each with its own codebooks and token names (MQL4GRec, arXiv:2502.16865): the
+            first modality's index is written to the output path, the others beside it as
+            `<stem>.<modality>.json`, with level names prefixed by the modality's initial (`<ia_12><ib_3>...`).
     """
 
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    per_modality: bool = False

@@ -185,10 +185,13 @@ def embed_items(
     image_base: Path | None = None,
     text_encoder: Encoder | None = None,
     image_encoder: Encoder | None = None,
+    image_dim: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Fused `(N, D)` embeddings of `items` in catalog order, and a summary (dims, image coverage).
 
-    `text_encoder` / `image_encoder` override the configured ones (tests pass a `HashEncoder`).
+    `text_encoder` / `image_encoder` override the configured ones (tests pass a `HashEncoder`). `image_dim` is
+    the image block's width when it is known in advance (adding items to an index): then items that all lack an
+    image get zero blocks, as they would in a full build, instead of an error.
     """
     item_ids = list(items)
     blocks, summary = [], {"modalities": list(config.modalities)}
@@ -205,8 +208,17 @@ def embed_items(
         paths = [resolve_image_path(item.image, image_base) for item in items.values()]
         have = [i for i, path in enumerate(paths) if path is not None]
         summary["items_with_image"] = len(have)
+        if not have and image_dim is not None and config.modalities != ("image",):
+            blocks.append((np.zeros((len(item_ids), image_dim), dtype=np.float32), config.image_weight))
+            return fuse(blocks), {**summary, "image_dim": image_dim}
         if not have:
             raise DataError("modality 'image' asked for, but no item has a local image file; drop image or add paths.")
+        if config.modalities == ("image",) and len(have) < len(item_ids):
+            missing = [item_ids[i] for i, path in enumerate(paths) if path is None]
+            raise DataError(
+                f"an image-only SID needs an image for every item; {len(missing)} have none (e.g. {missing[:5]}). "
+                "Add images, or fuse text and image into one SID instead of one SID per modality."
+            )
         from tokenizer.image import load_image_embedder
 
         name = image_encoder.name if image_encoder else config.image_encoder

@@ -134,11 +134,10 @@ def plot_report(index: SemanticIdIndex, stats: dict, path: str | Path) -> None:
     else:
         ax.text(0.5, 0.5, coherence.get("note", "no coherence check"), ha="center", va="center", wrap=True)
         ax.set_axis_off()
-    method = index.source["quantizer"]["method"]
-    before, after = stats["collision_rate_before"], stats["collision_rate_after"]
-    fig.suptitle(
-        f"{index.source['dataset']}: {len(index.items)} items, {method}, collisions {before:.2%} -> {after:.2%}"
-    )
+    method = index.source.get("quantizer", {}).get("method", "unknown method")
+    before = stats["collision_rate_before"]
+    collisions = f"collisions {before:.2%} -> {stats['collision_rate_after']:.2%}" if before is not None else ""
+    fig.suptitle(f"{index.source.get('dataset', '')}: {len(index.items)} items, {method}, {collisions}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
