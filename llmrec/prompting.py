@@ -1,0 +1,276 @@
+"""Render `prompts/*.yaml` templates into TRL prompt-completion rows for the alignment tasks.
+
+Rows are `{"prompt", "completion", "task", "user_id", "target_item_id"}`; `prompt` is a list of chat messages
+(system + user) and `completion` an assistant message for instruct models (`chat=True`), or plain strings for base
+models. Sources, so that no evaluation target is ever a training target:
+
+- `seqrec`, `fusion`: sliding windows over each user's *training* sequence (target = training item t, history =
+  the `max_history` items before it); validation/test rows come from the split's validation/test examples.
+- `item2sid`, `sid2item`, `search`: one row per catalog item (item knowledge, not user behaviour).
+
+`build_prompt_datasets` writes `train.jsonl`, `valid.jsonl`, `test.jsonl` and `prompts.json` (config, counts,
+checksums of the dataset, index and templates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from llmrec.data.dataset import Dataset
+from llmrec.data.io import DataError, atomic_dir, sha256_file
+from llmrec.data.split import Example
+from llmrec.schemas import Item
+from llmrec.sid import SemanticIdIndex
+
+logger = logging.getLogger(__name__)
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+TASKS = ("seqrec", "item2sid", "sid2item", "fusion", "search")
+TEMPLATE_FORMAT_VERSION = 1
+PLAIN_FORMAT = "{prompt}\nAnswer:"
+
+
+@dataclass
+class PromptConfig:
+    """
+    > Parameters that control the prompt datasets
+
+    Args:
+        tasks (`dict[str, int]`, *optional*): task -> maximum training rows (0 = all). Rows over the limit are
+            sampled uniformly (seeded). Default: every seqrec window, the item tasks once per item.
+        max_history (`int`, *optional*, defaults to `20`): most recent items shown as history.
+        min_history (`int`, *optional*, defaults to `1`): shortest history of a training window.
+        chat (`bool`, *optional*, defaults to `True`): chat messages (instruct models) or plain text (base models).
+        templates_dir (`str`, *optional*): folder with the task YAML files (default: the repository's `prompts/`).
+        eval_templates (`str`, *optional*, defaults to `"first"`): validation/test rows use the first paraphrase
+            (`"first"`, comparable across runs) or a random one (`"random"`).
+        seed (`int`, *optional*, defaults to `42`).
+    """
+
+    tasks: dict[str, int] = field(
+        default_factory=lambda: {"seqrec": 0, "item2sid": 0, "sid2item": 0, "fusion": 0, "search": 0}
+    )
+    max_history: int = 20
+    min_history: int = 1
+    chat: bool = True
+    templates_dir: str = str(PROMPTS_DIR)
+    eval_templates: str = "first"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from {TASKS}.")
+        if "seqrec" not in self.tasks:
+            raise ValueError("the task mix must include 'seqrec', the task evaluated on the validation prompts.")
+        if any(limit < 0 for limit in self.tasks.values()):
+            raise ValueError(f"task row limits must be >= 0 (0 = all), got {self.tasks}.")
+        if not 1 <= self.min_history <= self.max_history:
+            raise ValueError(f"need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}.")
+        if self.eval_templates not in ("first", "random"):
+            raise ValueError(f"eval_templates must be 'first' or 'random', got {self.eval_templates!r}.")
+
+
+@dataclass(frozen=True)
+class TaskTemplates:
+    task: str
+    templates: tuple[tuple[str, str], ...]  # (prompt, completion) format strings
+    path: Path
+
+
+PLACEHOLDERS = {"history", "history_titles", "target_sid", "target_title", "title", "text", "sid", "query"}
+
+
+def load_templates(folder: str | Path, tasks) -> tuple[dict[str, TaskTemplates], str]:
+    """Read `<task>.yaml` for each task and `system.yaml`; validate versions and placeholders."""
+    folder = Path(folder)
+    loaded = {}
+    for task in tasks:
+        path = folder / f"{task}.yaml"
+        if not path.is_file():
+            raise DataError(f"{path} not found; every task in the mix needs a template file.")
+        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(payload, dict) or payload.get("format_version") != TEMPLATE_FORMAT_VERSION:
+            raise DataError(f"{path}: expected a mapping with format_version {TEMPLATE_FORMAT_VERSION}.")
+        if payload.get("task") != task or not payload.get("templates"):
+            raise DataError(f"{path}: needs 'task: {task}' and a non-empty 'templates' list.")
+        pairs = []
+        for number, entry in enumerate(payload["templates"]):
+            if not isinstance(entry, dict) or not {"prompt", "completion"} <= set(entry):
+                raise DataError(f"{path}: template {number} needs 'prompt' and 'completion'.")
+            used = set(re.findall(r"{(\w+)}", entry["prompt"] + entry["completion"]))
+            if used - PLACEHOLDERS:
+                raise DataError(
+                    f"{path}: template {number} uses unknown placeholder(s) {sorted(used - PLACEHOLDERS)}."
+                )
+            pairs.append((entry["prompt"], entry["completion"]))
+        loaded[task] = TaskTemplates(task, tuple(pairs), path)
+    system_path = folder / "system.yaml"
+    system = yaml.safe_load(system_path.read_text(encoding="utf-8"))["system"] if system_path.is_file() else ""
+    return loaded, system
+
+
+def item_text(item: Item, max_chars: int = 300) -> str:
+    """Title plus the first fields (brand, categories, genres, year, description), cut to `max_chars`."""
+    parts = [item.title]
+    for name in ("brand", "categories", "genres", "year", "description"):
+        if item.fields.get(name):
+            parts.append(f"{name}: {item.fields[name]}")
+    return "; ".join(parts)[:max_chars]
+
+
+def search_query(item: Item) -> str:
+    """A short intent query: the item's genres or categories (else its first title words), brand and year.
+
+    Examples:
+        >>> search_query(Item("1", "Toy Story", {"genres": "Animation, Comedy", "year": "1995"}))
+        'animation, comedy from 1995'
+        >>> search_query(Item("2", "Gel Pens, 12 Colors", {"brand": "Pilot"}))
+        'Pens Colors by Pilot'
+    """
+    labels = item.fields.get("genres") or item.fields.get("categories")
+    words = re.findall(r"[A-Za-z][A-Za-z'-]{3,}", item.title)[:3]
+    parts = [labels.lower() if labels else " ".join(words) or item.title]
+    if item.fields.get("brand"):
+        parts.append(f"by {item.fields['brand']}")
+    if item.fields.get("year"):
+        parts.append(f"from {item.fields['year']}")
+    return " ".join(parts)
+
+
+class PromptRenderer:
+    """Fills templates for one dataset and index; picks paraphrases with a seeded RNG."""
+
+    def __init__(self, dataset: Dataset, index: SemanticIdIndex, config: PromptConfig) -> None:
+        self.items, self.index, self.config = dataset.items, index, config
+        self.templates, self.system = load_templates(config.templates_dir, config.tasks)
+
+    def sid(self, item_id: str) -> str:
+        return self.index.format(self.index.items[item_id])
+
+    def row(self, task: str, values: dict[str, str], rng: random.Random | None, user_id: str, target: str) -> dict:
+        """One prompt-completion row; `rng=None` takes the first paraphrase."""
+        pairs = self.templates[task].templates
+        prompt, completion = pairs[0] if rng is None else rng.choice(pairs)
+        prompt, completion = prompt.format(**values), completion.format(**values)
+        if self.config.chat:
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            rendered = {"prompt": messages, "completion": [{"role": "assistant", "content": completion}]}
+        else:
+            rendered = {"prompt": PLAIN_FORMAT.format(prompt=prompt), "completion": " " + completion}
+        return {**rendered, "task": task, "user_id": user_id, "target_item_id": target}
+
+    def sequence_values(self, history: tuple[str, ...] | list[str], target: str) -> dict[str, str]:
+        return {
+            "history": ", ".join(self.sid(item_id) for item_id in history),
+            "history_titles": "; ".join(self.items[item_id].title for item_id in history),
+            "target_sid": self.sid(target),
+            "target_title": self.items[target].title,
+        }
+
+    def item_values(self, item_id: str) -> dict[str, str]:
+        item = self.items[item_id]
+        return {
+            "title": item.title,
+            "text": item_text(item),
+            "sid": self.sid(item_id),
+            "target_sid": self.sid(item_id),
+            "target_title": item.title,
+            "query": search_query(item),
+        }
+
+
+def training_windows(train: tuple[str, ...], max_history: int, min_history: int) -> list[tuple[tuple[str, ...], str]]:
+    """Sliding windows over one training sequence: (history, target) for every target with enough history.
+
+    Examples:
+        >>> training_windows(("a", "b", "c"), max_history=1, min_history=1)
+        [(('a',), 'b'), (('b',), 'c')]
+    """
+    return [(train[max(0, t - max_history) : t], train[t]) for t in range(min_history, len(train))]
+
+
+def _limit(rows: list[dict], limit: int, rng: random.Random) -> list[dict]:
+    return rows if limit == 0 or len(rows) <= limit else rng.sample(rows, limit)
+
+
+def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig) -> dict[str, list[dict]]:
+    """Training rows for every task in the mix; validation and test rows for seqrec."""
+    missing = [item_id for item_id in dataset.items if item_id not in index.items]
+    if missing:
+        raise DataError(
+            f"the index lacks {len(missing)} catalog item(s) (e.g. {missing[:5]}); run `llmrec index add`."
+        )
+    renderer = PromptRenderer(dataset, index, config)
+    rng = random.Random(config.seed)
+    split = dataset.load_split()
+    windows = [
+        (user.user_id, history, target)
+        for user in split.users
+        for history, target in training_windows(user.train, config.max_history, config.min_history)
+    ]
+    train: list[dict] = []
+    for task, limit in config.tasks.items():
+        if task in ("seqrec", "fusion"):
+            rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in windows]
+        else:
+            rows = [renderer.row(task, renderer.item_values(i), rng, "", i) for i in dataset.items]
+        train += _limit(rows, limit, rng)
+    rng.shuffle(train)
+    eval_rng = rng if config.eval_templates == "random" else None
+
+    def eval_rows(examples: list[Example]) -> list[dict]:
+        history_of = {e.user_id: e.history[-config.max_history :] for e in examples}
+        return [
+            renderer.row(
+                "seqrec", renderer.sequence_values(history_of[e.user_id], e.target), eval_rng, e.user_id, e.target
+            )
+            for e in examples
+        ]
+
+    return {"train": train, "valid": eval_rows(split.examples("valid")), "test": eval_rows(split.examples("test"))}
+
+
+def templates_sha256(config: PromptConfig) -> dict[str, str]:
+    folder = Path(config.templates_dir)
+    names = [f"{task}.yaml" for task in config.tasks] + (["system.yaml"] if (folder / "system.yaml").is_file() else [])
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def build_prompt_datasets(
+    dataset: Dataset, index: SemanticIdIndex, index_path: Path, config: PromptConfig, out: str | Path, overwrite=False
+) -> dict:
+    """Render and write `train/valid/test.jsonl` + `prompts.json` into the folder `out` (atomically)."""
+    splits = render_splits(dataset, index, config)
+    counts = {name: len(rows) for name, rows in splits.items()}
+    by_task: dict[str, int] = {}
+    for row in splits["train"]:
+        by_task[row["task"]] = by_task.get(row["task"], 0) + 1
+    meta = {
+        "format_version": TEMPLATE_FORMAT_VERSION,
+        "config": asdict(config),
+        "counts": counts,
+        "train_rows_per_task": by_task,
+        "dataset": dataset.name,
+        "dataset_files_sha256": dataset.meta["files"],
+        "index_sha256": sha256_file(index_path),
+        "templates_sha256": templates_sha256(config),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, rows in splits.items():
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta["files_sha256"] = {f"{name}.jsonl": sha256_file(tmp / f"{name}.jsonl") for name in splits}
+        (tmp / "prompts.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    logger.info("Wrote %s: %s rows, train per task %s", out, counts, by_task)
+    return meta

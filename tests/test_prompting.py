@@ -1,0 +1,126 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from llmrec.data.io import DataError
+from llmrec.prompting import (
+    PROMPTS_DIR,
+    TASKS,
+    PromptConfig,
+    build_prompt_datasets,
+    load_templates,
+    render_splits,
+    training_windows,
+)
+from llmrec.sid import SemanticIdIndex, save_index
+
+
+@pytest.fixture
+def tiny_index(tiny_dataset, tmp_path):
+    """Distinct 2-level SIDs for the 6 tiny items."""
+    items = {item_id: (n // 3, n % 3) for n, item_id in enumerate(tiny_dataset.items)}
+    index = SemanticIdIndex(items, (4, 4))
+    path = tmp_path / "sid_index.json"
+    save_index(index, path)
+    return index, path
+
+
+def test_repository_templates_cover_every_task_with_paraphrases():
+    templates, system = load_templates(PROMPTS_DIR, TASKS)
+    assert set(templates) == set(TASKS) and "semantic IDs" in system
+    assert all(len(t.templates) >= 3 for t in templates.values())
+
+
+def test_training_windows():
+    assert training_windows(("a", "b", "c", "d"), max_history=2, min_history=1) == [
+        (("a",), "b"),
+        (("a", "b"), "c"),
+        (("b", "c"), "d"),
+    ]
+    assert training_windows(("a", "b", "c"), max_history=5, min_history=2) == [(("a", "b"), "c")]
+
+
+def test_seqrec_rows_come_from_training_sequences_only(tiny_dataset, tiny_index):
+    index, _ = tiny_index
+    splits = render_splits(tiny_dataset, index, PromptConfig(tasks={"seqrec": 0}, max_history=2))
+    split = tiny_dataset.load_split()
+    train_of = {user.user_id: user.train for user in split.users}
+    # Sequences: u1 a b c d e -> train a b c; u2 b c a -> train b; u3 c a b d -> train c a; u4 a b e -> train a.
+    expected = sum(len(train) - 1 for train in train_of.values())
+    assert len(splits["train"]) == expected == 3
+    for row in splits["train"]:
+        assert row["target_item_id"] in train_of[row["user_id"]][1:]
+    held_out = {(u.user_id, u.valid) for u in split.users} | {(u.user_id, u.test) for u in split.users}
+    assert not {(row["user_id"], row["target_item_id"]) for row in splits["train"]} & held_out
+    # Validation rows: history = the last max_history training items, target = the validation item.
+    valid_u1 = next(row for row in splits["valid"] if row["user_id"] == "u1")
+    assert valid_u1["target_item_id"] == "d"
+    assert valid_u1["completion"] == [{"role": "assistant", "content": index.format(index.items["d"])}]
+    user_text = valid_u1["prompt"][-1]["content"]
+    assert f"{index.format(index.items['b'])}, {index.format(index.items['c'])}" in user_text
+    assert index.format(index.items["a"]) not in user_text  # truncated to max_history=2
+    assert valid_u1["prompt"][0]["role"] == "system"
+    assert len(splits["test"]) == 4 and {r["task"] for r in splits["valid"] + splits["test"]} == {"seqrec"}
+
+
+def test_item_tasks_plain_format_and_limits(tiny_dataset, tiny_index):
+    index, _ = tiny_index
+    config = PromptConfig(tasks={"seqrec": 2, "item2sid": 0, "sid2item": 3, "search": 0}, chat=False)
+    splits = render_splits(tiny_dataset, index, config)
+    per_task = {}
+    for row in splits["train"]:
+        per_task[row["task"]] = per_task.get(row["task"], 0) + 1
+    assert per_task == {"seqrec": 2, "item2sid": 6, "sid2item": 3, "search": 6}
+    row = next(r for r in splits["train"] if r["task"] == "sid2item")
+    assert isinstance(row["prompt"], str) and row["prompt"].endswith("\nAnswer:")
+    assert row["completion"] == " " + tiny_dataset.items[row["target_item_id"]].title
+    search = next(r for r in splits["train"] if r["task"] == "search" and r["target_item_id"] == "a")
+    assert "g1" in search["prompt"]  # the genre label of item a, lower-cased
+
+
+def test_rendering_is_deterministic_and_seed_dependent(tiny_dataset, tiny_index):
+    index, _ = tiny_index
+    config = PromptConfig(tasks={"seqrec": 0, "fusion": 0})
+    first, second = render_splits(tiny_dataset, index, config), render_splits(tiny_dataset, index, config)
+    assert first == second
+    other = render_splits(tiny_dataset, index, PromptConfig(tasks={"seqrec": 0, "fusion": 0}, seed=7))
+    assert [r["prompt"] for r in other["train"]] != [r["prompt"] for r in first["train"]]
+
+
+def test_build_writes_files_with_checksums(tiny_dataset, tiny_index, tmp_path):
+    index, path = tiny_index
+    out = tmp_path / "prompts"
+    meta = build_prompt_datasets(tiny_dataset, index, path, PromptConfig(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["prompts.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
+    saved = json.loads((out / "prompts.json").read_text())
+    assert saved["counts"] == meta["counts"] and saved["counts"]["valid"] == 4
+    assert set(saved["templates_sha256"]) == {f"{t}.yaml" for t in TASKS} | {"system.yaml"}
+    assert len((out / "train.jsonl").read_text().splitlines()) == meta["counts"]["train"]
+    with pytest.raises(FileExistsError):
+        build_prompt_datasets(tiny_dataset, index, path, PromptConfig(), out)
+
+
+def test_bad_configs_and_templates(tiny_dataset, tiny_index, tmp_path):
+    index, _ = tiny_index
+    with pytest.raises(ValueError, match="unknown task"):
+        PromptConfig(tasks={"seqrec": 0, "translate": 0})
+    with pytest.raises(ValueError, match="must include 'seqrec'"):
+        PromptConfig(tasks={"item2sid": 0})
+    with pytest.raises(ValueError, match="min_history <= max_history"):
+        PromptConfig(min_history=3, max_history=2)
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "seqrec.yaml").write_text(
+        "format_version: 1\ntask: seqrec\ntemplates:\n  - prompt: 'x {histroy}'\n    completion: '{target_sid}'\n"
+    )
+    with pytest.raises(DataError, match=r"unknown placeholder\(s\) \['histroy'\]"):
+        render_splits(tiny_dataset, index, PromptConfig(tasks={"seqrec": 0}, templates_dir=str(tmp_path / "tpl")))
+    with pytest.raises(DataError, match="item2sid.yaml not found"):
+        load_templates(tmp_path / "tpl", ["item2sid"])
+    partial = SemanticIdIndex({"a": (0, 0)}, (4, 4))
+    with pytest.raises(DataError, match="index lacks 5 catalog item"):
+        render_splits(tiny_dataset, partial, PromptConfig())
+
+
+def test_templates_dir_default_is_the_repository_folder():
+    assert PromptConfig().templates_dir == str(PROMPTS_DIR) and Path(PROMPTS_DIR, "seqrec.yaml").is_file()
