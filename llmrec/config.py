@@ -1,0 +1,62 @@
+"""Arguments of our own scripts, next to TRL's `SFTConfig` / `ModelConfig` (parsed together by `TrlParser`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmrec.prompting import TASKS
+
+
+def parse_task_mix(text: str) -> dict[str, int]:
+    """`"seqrec=0,item2sid=2000"` -> `{"seqrec": 0, "item2sid": 2000}` (0 = every row).
+
+    Examples:
+        >>> parse_task_mix("seqrec=0, search=500")
+        {'seqrec': 0, 'search': 500}
+    """
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, limit = part.partition("=")
+        if name not in TASKS or not limit.strip().isdigit():
+            raise ValueError(f"task mix entry {part!r} must be task=max_rows with a task from {TASKS}.")
+        mix[name] = int(limit)
+    return mix
+
+
+@dataclass
+class SFTScriptArguments:
+    """
+    > Parameters of an llmrec SFT run that TRL's `SFTConfig` (training) and `ModelConfig` (model, LoRA) lack
+
+    Args:
+        dataset_dir (`str`): prepared dataset folder (`llmrec data prepare`).
+        index_path (`str`): `sid_index.json` of that catalog (`llmrec index build`).
+        tasks (`str`, *optional*): task mix, `task=max_rows` comma-separated (0 = all rows).
+        max_history (`int`, *optional*, defaults to `20`): history items per prompt.
+        chat (`bool`, *optional*, defaults to `True`): chat-formatted prompts (instruct models) or plain text.
+        keep_layers (`int`, *optional*): keep only the first N decoder layers (faster, lower quality).
+        train_new_tokens (`bool`, *optional*, defaults to `True`): train the SID token rows of the embedding
+            matrix (PEFT `trainable_token_indices`), on top of LoRA.
+        resume (`bool`, *optional*, defaults to `False`): continue from the last checkpoint in `output_dir`.
+        prompts_seed (`int`, *optional*, defaults to `42`): seed for sampling and paraphrase choice.
+    """
+
+    dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
+    index_path: str = field(metadata={"help": "sid_index.json of the dataset's catalog"})
+    tasks: str = field(
+        default="seqrec=0,item2sid=0,sid2item=0,fusion=0,search=0",
+        metadata={"help": "task mix: task=max_rows, comma-separated, 0 = all rows"},
+    )
+    max_history: int = field(default=20, metadata={"help": "history items per prompt"})
+    chat: bool = field(default=True, metadata={"help": "chat-formatted prompts (instruct models)"})
+    keep_layers: int | None = field(default=None, metadata={"help": "keep only the first N decoder layers"})
+    train_new_tokens: bool = field(default=True, metadata={"help": "train the SID token embedding rows"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    prompts_seed: int = field(default=42, metadata={"help": "seed for prompt sampling and paraphrases"})
+
+    def __post_init__(self) -> None:
+        parse_task_mix(self.tasks)
+        if self.keep_layers is not None and self.keep_layers < 1:
+            raise ValueError(f"keep_layers must be >= 1, got {self.keep_layers}.")
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
