@@ -1,0 +1,217 @@
+"""LoRA SFT of a causal LM on the alignment tasks, with TRL's `SFTTrainer`; writes a self-contained run folder.
+
+A run folder (`SFTConfig.output_dir`) holds everything inference needs and how it was made:
+
+    adapter_config.json, adapter_model.safetensors   PEFT LoRA adapter (+ trained SID token rows)
+    tokenizer files                                   base tokenizer + SID tokens
+    sid_index.json                                    copy of the index the SIDs come from
+    prompts/*.yaml                                    the templates used
+    prompt_data/{train,valid,test}.jsonl, prompts.json  the rendered prompts (config, counts, checksums)
+    run_config.json                                   all arguments, base model, input checksums, versions
+    training_log.json, loss_curve.png                 losses per logging step, padding fraction, timings
+    checkpoint-N/                                     Trainer checkpoints (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from datasets import Dataset as HFDataset
+from transformers import PreTrainedTokenizerBase, Trainer
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from llmrec.config import SFTScriptArguments, parse_task_mix
+from llmrec.data.dataset import load_dataset
+from llmrec.data.io import DataError, sha256_file, write_json_atomic
+from llmrec.model import DEFAULT_MODEL, add_sid_tokens, load_base_model
+from llmrec.prompting import PromptConfig, build_prompt_datasets
+from llmrec.sid import load_index
+from llmrec.version import __version__
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RUN_CONFIG = "run_config.json"
+
+
+class SidSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose loss can go through the model's own forward instead of TRL's fused LM head.
+
+    With `trainable_token_indices` on a model with tied embeddings (SmolLM2), PEFT wraps the LM head in a
+    `TrainableTokensWrapper`; TRL 1.16's fused head reads `lm_head.weight`/`.bias` directly, which fails (no
+    `bias`) and would also skip the trained SID rows. The plain `Trainer` loss (the model's forward with labels,
+    completion-only labels from TRL's collator) uses the wrapper correctly; TRL's entropy/accuracy metrics are not
+    logged then.
+    """
+
+    def __init__(self, *args, plain_loss: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.plain_loss = plain_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.plain_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = {
+            key: inputs[key] for key in ("input_ids", "attention_mask", "labels", "position_ids") if key in inputs
+        }
+        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+
+def read_prompt_rows(path: Path) -> HFDataset:
+    """Prompt-completion rows for TRL (the bookkeeping columns task/user_id/target_item_id are dropped)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return HFDataset.from_list([{"prompt": row["prompt"], "completion": row["completion"]} for row in rows])
+
+
+def padding_fraction(trainer: SFTTrainer, max_batches: int = 200) -> float:
+    """Share of padded positions in the training batches the sampler actually produces (first `max_batches`)."""
+    padded = total = 0
+    for number, batch in enumerate(trainer.get_train_dataloader()):
+        if number == max_batches:
+            break
+        mask = batch["attention_mask"]  # (B, L)
+        padded += int((mask == 0).sum())
+        total += mask.numel()
+    return padded / max(total, 1)
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(row["step"], row["loss"]) for row in history if "loss" in row]
+    valid = [(row["step"], row["eval_loss"]) for row in history if "eval_loss" in row]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if valid:
+        ax.plot(*zip(*valid, strict=True), "o-", label="validation loss (seqrec)")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy on completions", title="SFT loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def check_output_dir(out: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from, or `None`; refuses to silently train over an existing run."""
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if resume:
+        if last is None:
+            raise DataError(f"--resume: no checkpoint-N folder in {out}; start without --resume.")
+        return last
+    if out.is_dir() and (last is not None or (out / "adapter_config.json").is_file()):
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir.")
+    return None
+
+
+def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> Path:
+    """Copy the index and templates into the run, render the prompt datasets (kept when resuming)."""
+    dataset = load_dataset(args.dataset_dir)
+    index = load_index(args.index_path, dataset.items)
+    prompt_config = PromptConfig(
+        tasks=parse_task_mix(args.tasks), max_history=args.max_history, chat=args.chat, seed=args.prompts_seed
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    prompt_dir = out / "prompt_data"
+    if resuming and (prompt_dir / "prompts.json").is_file():
+        saved = json.loads((prompt_dir / "prompts.json").read_text())
+        if saved["index_sha256"] != sha256_file(args.index_path):
+            raise DataError(f"{args.index_path} differs from the index this run was started with; resume refused.")
+    else:
+        build_prompt_datasets(dataset, index, Path(args.index_path), prompt_config, prompt_dir, overwrite=True)
+        shutil.copyfile(args.index_path, out / "sid_index.json")
+        templates = out / "prompts"
+        templates.mkdir(exist_ok=True)
+        for name in [f"{task}.yaml" for task in prompt_config.tasks] + ["system.yaml"]:
+            source = Path(prompt_config.templates_dir) / name
+            if source.is_file():
+                shutil.copyfile(source, templates / name)
+    return prompt_dir
+
+
+def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path:
+    """Train and save one run; returns the run folder. Only the main process writes files."""
+    out = Path(training_args.output_dir)
+    resume_from = check_output_dir(out, args.resume)
+    model_name = model_args.model_name_or_path or DEFAULT_MODEL
+    prompt_dir = prepare_run_folder(args, out, resuming=resume_from is not None)
+    index = load_index(out / "sid_index.json")
+
+    model, tokenizer = load_base_model(model_name, keep_layers=args.keep_layers)
+    new_token_ids = add_sid_tokens(tokenizer, model, index)
+    model_args.use_peft = True
+    model_args.lora_target_modules = model_args.lora_target_modules or LORA_TARGETS
+    peft_config = get_peft_config(model_args)
+    if args.train_new_tokens:
+        # Train only the SID rows of the (tied) embedding matrix, not all 49k rows: a few hundred thousand
+        # parameters instead of tens of millions with modules_to_save, and the rest of the vocabulary is untouched.
+        peft_config.trainable_token_indices = {"embed_tokens": new_token_ids}
+
+    train_rows, valid_rows = read_prompt_rows(prompt_dir / "train.jsonl"), read_prompt_rows(prompt_dir / "valid.jsonl")
+    trainer = SidSFTTrainer(
+        plain_loss=args.train_new_tokens,
+        model=model,
+        args=training_args,
+        train_dataset=train_rows,
+        eval_dataset=valid_rows,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    if trainer.is_world_process_zero():
+        save_run(trainer, tokenizer, args, training_args, model_args, model_name, out, result.metrics, seconds)
+    return out
+
+
+def save_run(
+    trainer: SFTTrainer,
+    tokenizer: PreTrainedTokenizerBase,
+    args: SFTScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    model_name: str,
+    out: Path,
+    metrics: dict,
+    seconds: float,
+) -> None:
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    history = trainer.state.log_history
+    log = {
+        "metrics": metrics,
+        "train_seconds": round(seconds, 1),
+        "padding_fraction": round(padding_fraction(trainer), 4),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "log_history": history,
+    }
+    write_json_atomic(out / "training_log.json", log)
+    plot_losses(history, out / "loss_curve.png")
+    write_json_atomic(
+        out / RUN_CONFIG,
+        {
+            "llmrec_version": __version__,
+            "base_model": model_name,
+            "script_args": asdict(args),
+            "model_args": {key: value for key, value in asdict(model_args).items() if not key.startswith("_")},
+            "training_args": training_args.to_dict(),
+            "index_sha256": sha256_file(out / "sid_index.json"),
+            "dataset_files_sha256": json.loads((out / "prompt_data" / "prompts.json").read_text())[
+                "dataset_files_sha256"
+            ],
+            "torch": torch.__version__,
+        },
+    )
+    logger.info("Run saved to %s (padding fraction %.3f)", out, log["padding_fraction"])
