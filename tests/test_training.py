@@ -1,0 +1,169 @@
+"""SFT on a tiny in-process Llama: what trains, what is saved, reload parity, resume after a kill, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from trl import ModelConfig, SFTConfig
+
+from llmrec.config import SFTScriptArguments, parse_task_mix
+from llmrec.data.io import DataError
+from llmrec.data.prepare import prepare
+from llmrec.run import load_run
+from llmrec.sid import SemanticIdIndex, save_index
+from llmrec.training import run_sft
+from tests.conftest import make_raw, make_tiny_model, make_tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Tiny dataset, 2-level index and a tiny Llama saved as an HF folder (the 'base model')."""
+    root = tmp_path_factory.mktemp("sft")
+    dataset = prepare(make_raw(), root / "data")
+    save_index(SemanticIdIndex({i: (n // 3, n % 3) for n, i in enumerate(dataset.items)}, (4, 4)), root / "sid.json")
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(len(tokenizer)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+def arguments(root: Path, out: Path, max_steps: int = 4, **overrides):
+    script = SFTScriptArguments(dataset_dir=str(root / "data"), index_path=str(root / "sid.json"))
+    training = dict(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_steps=2,
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        max_length=256,
+        seed=0,
+    )
+    training.update(overrides)
+    return script, SFTConfig(**training), ModelConfig(model_name_or_path=str(root / "model"), lora_r=4, lora_alpha=8)
+
+
+def adapter_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter_model.safetensors"))
+
+
+def test_training_changes_lora_and_sid_rows_only_and_saves_a_self_contained_run(workspace):
+    out = workspace / "run"
+    script, training, model_args = arguments(workspace, out, eval_strategy="steps", eval_steps=2)
+    run_sft(script, training, model_args)
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "sid_index.json", "prompts"} <= names
+    assert {"prompt_data", "run_config.json", "training_log.json", "loss_curve.png"} <= names
+    assert (out / "prompts" / "seqrec.yaml").is_file() and (out / "prompt_data" / "valid.jsonl").is_file()
+    log = json.loads((out / "training_log.json").read_text())
+    assert any("eval_loss" in row for row in log["log_history"]) and 0 <= log["padding_fraction"] < 1
+
+    original = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    run = load_run(out)
+    base_model = run.model.get_base_model()
+    state = adapter_state(out)
+    lora = {k: v for k, v in state.items() if "lora_B" in k}
+    assert lora and all(float(v.abs().max()) > 0 for v in lora.values())  # B starts at zero: it moved
+    deltas = [v for k, v in state.items() if k.endswith("trainable_tokens_delta")]
+    assert deltas and all(float(d.abs().max()) > 0 for d in deltas)
+    # Base weights are untouched: every non-adapter linear weight equals the original model's.
+    for name, module in original.named_modules():
+        if name.endswith(("q_proj", "v_proj", "down_proj")):
+            peft_module = base_model.get_submodule(name)
+            assert torch.equal(peft_module.base_layer.weight, module.weight), name
+    # Old vocabulary rows are untouched; the SID rows moved away from their initialisation.
+    old_size = original.get_input_embeddings().weight.shape[0]
+    merged = load_run(out, merge=True).model.get_input_embeddings().weight
+    assert torch.equal(merged[:old_size], original.get_input_embeddings().weight)
+
+
+def test_reload_reproduces_logits(workspace):
+    out = workspace / "run-logits"
+    script, training, model_args = arguments(workspace, out, max_steps=2)
+    run_sft(script, training, model_args)
+    first, second = load_run(out), load_run(out)
+    ids = first.tokenizer(["the user has interacted with <a_1><b_2> <a_0><b_1>"], return_tensors="pt")
+    with torch.no_grad():
+        a, b = first.model(**ids).logits, second.model(**ids).logits
+        merged = load_run(out, merge=True).model(**ids).logits
+    assert torch.equal(a, b)
+    assert torch.allclose(a, merged, atol=1e-5)
+
+
+def test_existing_run_and_resume_errors(workspace):
+    out = workspace / "run-errors"
+    script, training, model_args = arguments(workspace, out, max_steps=2)
+    script.resume = True
+    with pytest.raises(DataError, match="no checkpoint-N folder"):
+        run_sft(script, training, model_args)
+    script.resume = False
+    run_sft(script, training, model_args)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run_sft(script, training, model_args)
+
+
+def test_bad_script_arguments():
+    with pytest.raises(ValueError, match="task=max_rows"):
+        SFTScriptArguments(dataset_dir="d", index_path="i", tasks="seqrec=all")
+    with pytest.raises(ValueError, match="keep_layers must be >= 1"):
+        SFTScriptArguments(dataset_dir="d", index_path="i", keep_layers=0)
+    assert parse_task_mix("seqrec=0,fusion=10") == {"seqrec": 0, "fusion": 10}
+
+
+def test_missing_index_is_a_clear_error(workspace, tmp_path):
+    script, training, model_args = arguments(workspace, tmp_path / "run")
+    script.index_path = str(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="llmrec index build"):
+        run_sft(script, training, model_args)
+
+
+def _sft_command(root: Path, out: Path, max_steps: int) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "scripts" / "sft.py"),
+        "--dataset_dir", str(root / "data"), "--index_path", str(root / "sid.json"),
+        "--model_name_or_path", str(root / "model"), "--lora_r", "4", "--lora_alpha", "8",
+        "--output_dir", str(out), "--max_steps", str(max_steps), "--per_device_train_batch_size", "2",
+        "--learning_rate", "0.05", "--lr_scheduler_type", "constant", "--save_steps", "2", "--logging_steps", "1",
+        "--eval_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--max_length", "256", "--seed", "0",
+    ]  # fmt: skip
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(workspace, tmp_path):
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        _sft_command(workspace, killed, 100_000), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-4").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    assert checkpoints, "the run was killed before its first checkpoint"
+    target = checkpoints[-1] + 2
+    subprocess.run([*_sft_command(workspace, killed, target), "--resume", "true"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    straight = tmp_path / "straight"
+    subprocess.run(_sft_command(workspace, straight, target), env=env, check=True, capture_output=True)
+    resumed_state, straight_state = adapter_state(killed), adapter_state(straight)
+    assert resumed_state.keys() == straight_state.keys()
+    for key in straight_state:
+        assert torch.allclose(resumed_state[key], straight_state[key], atol=1e-6), key
+    log = json.loads((killed / "training_log.json").read_text())
+    assert max(row["step"] for row in log["log_history"] if "loss" in row) == target
