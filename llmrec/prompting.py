@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 TASKS = ("seqrec", "item2sid", "sid2item", "fusion", "search")
 TEMPLATE_FORMAT_VERSION = 1
-PLAIN_FORMAT = "{prompt}\nAnswer:"
+PLAIN_FORMAT = "{prompt}\nAnswer: "  # the separator ends the prompt: " <a_1>" would tokenize as " " + "<a_1>"
 
 
 @dataclass
@@ -166,7 +166,7 @@ class PromptRenderer:
             ]
             rendered = {"prompt": messages, "completion": [{"role": "assistant", "content": completion}]}
         else:
-            rendered = {"prompt": PLAIN_FORMAT.format(prompt=prompt), "completion": " " + completion}
+            rendered = {"prompt": PLAIN_FORMAT.format(prompt=prompt), "completion": completion}
         return {**rendered, "task": task, "user_id": user_id, "target_item_id": target}
 
     def sequence_values(self, history: tuple[str, ...] | list[str], target: str) -> dict[str, str]:

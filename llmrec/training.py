@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset as HFDataset
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
@@ -42,26 +42,46 @@ RUN_CONFIG = "run_config.json"
 
 
 class SidSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose loss can go through the model's own forward instead of TRL's fused LM head.
+    """`SFTTrainer` with a completion-only loss computed on completion positions only, and compact checkpoints.
 
-    With `trainable_token_indices` on a model with tied embeddings (SmolLM2), PEFT wraps the LM head in a
-    `TrainableTokensWrapper`; TRL 1.16's fused head reads `lm_head.weight`/`.bias` directly, which fails (no
-    `bias`) and would also skip the trained SID rows. The plain `Trainer` loss (the model's forward with labels,
-    completion-only labels from TRL's collator) uses the wrapper correctly; TRL's entropy/accuracy metrics are not
-    logged then.
+    Loss: TRL 1.16's fused LM head reads `lm_head.weight`/`.bias` directly, which fails on PEFT's
+    `TrainableTokensWrapper` (the tied LM head when SID rows are trainable: no `bias`, and `.weight` is the base
+    matrix without the trained rows). We call the model's own forward, which goes through the wrapper, with
+    `logits_to_keep` = the sequence positions that predict a completion token: the LM head then projects a few
+    positions per row instead of all of them, which saves most of the (B, L, V) logits memory and time. TRL's
+    entropy/accuracy metrics are not logged on this path.
+
+    Checkpoints: PEFT saves the full (V, D) embedding and LM-head matrices whenever the vocabulary was resized
+    (about 230 MB for SmolLM2); the trained SID rows are already in the adapter, so they are left out.
     """
 
-    def __init__(self, *args, plain_loss: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.plain_loss = plain_loss
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.plain_loss:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = {
-            key: inputs[key] for key in ("input_ids", "attention_mask", "labels", "position_ids") if key in inputs
-        }
-        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]  # (B, L), -100 outside completions
+        targets = labels[:, 1:]  # (B, L-1): token predicted at each position
+        positions = torch.nonzero((targets != -100).any(dim=0)).flatten()  # (P,)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            use_cache=False,
+            logits_to_keep=positions,
+        )
+        logits = outputs.logits  # (B, P, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), targets[:, positions].flatten(), ignore_index=-100, reduction="sum"
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+        loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages the gradients
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, save_embedding_layers=False)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, Path(output_dir) / "training_args.bin")
 
 
 def read_prompt_rows(path: Path) -> HFDataset:
@@ -70,16 +90,18 @@ def read_prompt_rows(path: Path) -> HFDataset:
     return HFDataset.from_list([{"prompt": row["prompt"], "completion": row["completion"]} for row in rows])
 
 
-def padding_fraction(trainer: SFTTrainer, max_batches: int = 200) -> float:
-    """Share of padded positions in the training batches the sampler actually produces (first `max_batches`)."""
-    padded = total = 0
-    for number, batch in enumerate(trainer.get_train_dataloader()):
-        if number == max_batches:
+def batch_statistics(trainer: SFTTrainer, max_batches: int) -> dict[str, float]:
+    """Padding fraction and token counts of the first `max_batches` training micro-batches, as the sampler makes them
+    (same seed, so the same batches training saw in its first epoch)."""
+    padded = total = batches = 0
+    for batch in trainer.get_train_dataloader():
+        if batches == max_batches:
             break
         mask = batch["attention_mask"]  # (B, L)
         padded += int((mask == 0).sum())
         total += mask.numel()
-    return padded / max(total, 1)
+        batches += 1
+    return {"padding_fraction": padded / max(total, 1), "real_tokens": total - padded, "batches": batches}
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -160,7 +182,6 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
 
     train_rows, valid_rows = read_prompt_rows(prompt_dir / "train.jsonl"), read_prompt_rows(prompt_dir / "valid.jsonl")
     trainer = SidSFTTrainer(
-        plain_loss=args.train_new_tokens,
         model=model,
         args=training_args,
         train_dataset=train_rows,
@@ -190,10 +211,16 @@ def save_run(
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     history = trainer.state.log_history
+    micro_batches = trainer.state.global_step * training_args.gradient_accumulation_steps
+    batches = batch_statistics(trainer, min(micro_batches, 2000))
     log = {
         "metrics": metrics,
         "train_seconds": round(seconds, 1),
-        "padding_fraction": round(padding_fraction(trainer), 4),
+        "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
+        "padding_fraction": round(batches["padding_fraction"], 4),
+        "tokens_per_second": round(batches["real_tokens"] / seconds, 1)
+        if batches["batches"] == micro_batches
+        else None,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "log_history": history,
     }

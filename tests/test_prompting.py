@@ -73,8 +73,8 @@ def test_item_tasks_plain_format_and_limits(tiny_dataset, tiny_index):
         per_task[row["task"]] = per_task.get(row["task"], 0) + 1
     assert per_task == {"seqrec": 2, "item2sid": 6, "sid2item": 3, "search": 6}
     row = next(r for r in splits["train"] if r["task"] == "sid2item")
-    assert isinstance(row["prompt"], str) and row["prompt"].endswith("\nAnswer:")
-    assert row["completion"] == " " + tiny_dataset.items[row["target_item_id"]].title
+    assert isinstance(row["prompt"], str) and row["prompt"].endswith("\nAnswer: ")
+    assert row["completion"] == tiny_dataset.items[row["target_item_id"]].title
     search = next(r for r in splits["train"] if r["task"] == "search" and r["target_item_id"] == "a")
     assert "g1" in search["prompt"]  # the genre label of item a, lower-cased
 

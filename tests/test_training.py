@@ -167,3 +167,24 @@ def test_resume_after_kill_matches_an_uninterrupted_run(workspace, tmp_path):
         assert torch.allclose(resumed_state[key], straight_state[key], atol=1e-6), key
     log = json.loads((killed / "training_log.json").read_text())
     assert max(row["step"] for row in log["log_history"] if "loss" in row) == target
+
+
+def test_completion_position_loss_equals_the_full_logits_loss():
+    """The loss on `logits_to_keep` positions equals the model's own loss over all logits (labels -100 elsewhere)."""
+    from types import SimpleNamespace
+
+    from llmrec.training import SidSFTTrainer
+
+    model = make_tiny_model(40)
+    input_ids = torch.randint(0, 40, (3, 9))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 6:] = input_ids[0, 6:]  # completions at different positions per row
+    labels[1, 3:5] = input_ids[1, 3:5]
+    labels[2, 8] = input_ids[2, 8]
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    fake_trainer = SimpleNamespace(args=SimpleNamespace(average_tokens_across_devices=False))
+    ours = SidSFTTrainer.compute_loss(fake_trainer, model, dict(inputs))
+    reference = model(**inputs).loss
+    assert torch.allclose(ours, reference, atol=1e-6)
