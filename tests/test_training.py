@@ -136,7 +136,7 @@ def _sft_command(root: Path, out: Path, max_steps: int) -> list[str]:
     return [
         sys.executable, str(ROOT / "scripts" / "sft.py"),
         "--dataset_dir", str(root / "data"), "--index_path", str(root / "sid.json"),
-        "--model_name_or_path", str(root / "model"), "--lora_r", "4", "--lora_alpha", "8",
+        "--model_name_or_path", str(root / "model"), "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0",
         "--output_dir", str(out), "--max_steps", str(max_steps), "--per_device_train_batch_size", "2",
         "--learning_rate", "0.05", "--lr_scheduler_type", "constant", "--save_steps", "2", "--logging_steps", "1",
         "--eval_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--max_length", "256", "--seed", "0",
@@ -188,3 +188,33 @@ def test_completion_position_loss_equals_the_full_logits_loss():
     ours = SidSFTTrainer.compute_loss(fake_trainer, model, dict(inputs))
     reference = model(**inputs).loss
     assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_two_process_data_parallel_matches_one_process_with_the_same_effective_batch(workspace, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo DDP on CPU) with batch 2 per rank vs one process with batch 4."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "ddp"
+
+    def command(out: Path, batch: int) -> list[str]:
+        argv = _sft_command(workspace, out, 4)
+        argv[argv.index("--per_device_train_batch_size") + 1] = str(batch)
+        # SGD: updates proportional to gradients. Adam's first steps move every weight by about +-lr whatever the
+        # gradient's size, so float noise in near-zero gradients would flip whole updates.
+        return [*argv[1:], "--train_sampling_strategy", "sequential", "--optim", "sgd", "--learning_rate", "0.5"]
+
+    subprocess.run([sys.executable, *command(single, 4)], env=env, check=True, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    result = subprocess.run([*torchrun, *command(double, 2)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = adapter_state(single), adapter_state(double)
+    assert one.keys() == two.keys()
+    # Float summation order differs between one and two processes; after 4 steps at lr 0.5 that leaves ~1e-4.
+    # Without gradient sync each rank would follow its own half-batch and differ by ~1e-2 or more.
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=2e-3), key
+    histories = [json.loads((out / "training_log.json").read_text())["log_history"] for out in (single, double)]
+    losses = [[row["loss"] for row in history if "loss" in row] for history in histories]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-3)
+    lora_b = [key for key in one if "lora_B" in key]
+    assert any(float(one[key].abs().max()) > 0 for key in lora_b)  # training did move the weights
