@@ -119,7 +119,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
         ax.plot(*zip(*valid, strict=True), "o-", label="validation loss (seqrec)")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy on completions", title="SFT loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or valid:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -33,16 +33,8 @@ def run_one(name: str, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--config", str(ROOT / "scripts/configs/sft_ml100k.yaml"), "--output_dir", f"{tmp}/run"]
-        argv += [
-            "--max_steps",
-            str(steps),
-            "--eval_strategy",
-            "no",
-            "--save_steps",
-            "100000",
-            "--gradient_accumulation_steps",
-            "1",
-        ]
+        argv += ["--max_steps", str(steps), "--eval_strategy", "no", "--save_steps", "100000", "--logging_steps", "1"]
+        argv += ["--gradient_accumulation_steps", "1"]  # the configurations below may override it
         argv += ["--tasks", "seqrec=2000,item2sid=0,sid2item=0,fusion=500,search=0"]
         for key, value in CONFIGS[name].items():
             argv += [f"--{key}", str(value)]
