@@ -1,4 +1,4 @@
-"""The `llmrec` command line: `data`, `index`, `evaluate` and `demo` subcommands.
+"""The `llmrec` command line: `data`, `index`, `sft`, `evaluate` and `demo` subcommands.
 
 This module is the composition root: it imports `tokenizer` and `eval` lazily inside functions, so that no
 library module of `llmrec` depends on them (tests/test_layout.py checks it).
@@ -88,6 +88,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_index_commands(commands)
 
+    sft = commands.add_parser(
+        "sft", help="LoRA SFT on the alignment tasks (the arguments of scripts/sft.py)", add_help=False
+    )
+    sft.add_argument("sft_args", nargs=argparse.REMAINDER, help="--config FILE and/or any SFT argument")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
     evaluate.add_argument("--dataset", type=Path, required=True)
     evaluate.add_argument("--model", choices=("popularity",), default="popularity")
@@ -139,8 +144,21 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({key: value for key, value in metrics.items() if key != "dataset_sha256"}, indent=2))
 
 
+def run_sft_command(argv: list[str]) -> None:
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from llmrec.config import SFTScriptArguments
+    from llmrec.training import run_sft
+
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="llmrec sft")
+    print(f"run saved to {run_sft(*parser.parse_args_and_config(argv))}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, unknown = parser.parse_known_args(argv)  # `sft` hands everything after it to TRL's own parser
+    if unknown and args.command != "sft":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "data" and args.data_command == "prepare":
@@ -152,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             from tokenizer.cli import run_index_command
 
             run_index_command(args)
+        elif args.command == "sft":
+            run_sft_command(unknown + args.sft_args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "demo":

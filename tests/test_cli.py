@@ -55,6 +55,16 @@ def test_bad_min_user_is_reported(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_sft_subcommand_forwards_to_the_trl_parser():
+    result = subprocess.run([sys.executable, "-m", "llmrec", "sft", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert (
+        "--dataset_dir" in result.stdout
+        and "--lora_r" in result.stdout
+        and "--train_sampling_strategy" in result.stdout
+    )
+
+
 def test_parse_columns():
     assert parse_columns("user_id=uid, item_id = iid") == {"user_id": "uid", "item_id": "iid"}
     with pytest.raises(Exception, match="llmrec_name=file_column"):
@@ -64,7 +74,7 @@ def test_parse_columns():
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "llmrec", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("data", "evaluate", "demo"):
+    for command in ("data", "index", "sft", "evaluate", "demo"):
         assert command in result.stdout
 
 
