@@ -1,0 +1,123 @@
+"""Trie-constrained beam search over semantic IDs: every returned item is a real catalog item.
+
+`constrained_beam_search` is HF beam search specialised to fixed-length SIDs:
+
+- each prompt is prefilled once and its KV cache then copied to the beams (HF's `generate` prefills every beam,
+  `num_beams` times the work; see BENCHMARKS.md);
+- a step scores only the current level's `K_m` code tokens and takes the allowed codes of all (user, beam) pairs
+  from the `SidTrie` tensors in one gather, instead of a Python callback per beam;
+- scores are log-softmax over the full vocabulary, summed over the SID tokens: the same numbers as HF's
+  `sequences_scores` with `length_penalty=0.0`, and the exact log-probability of the item's SID under the model.
+
+All SIDs have the same length, so there is no EOS, no finished-beam bookkeeping and no length penalty: after `M`
+steps every live beam is a leaf, i.e. one distinct item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from llmrec.trie import SidTrie
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.LongTensor,
+    trie: SidTrie,
+    num_beams: int,
+    top_k: int | None = None,
+    exclude: Sequence[Iterable[str]] | None = None,
+) -> list[list[tuple[str, float]]]:
+    """Top items per prompt by beam search restricted to the SIDs in `trie`.
+
+    Args:
+        model (`torch.nn.Module`): a causal LM (`PreTrainedModel` or `PeftModel`) that accepts `position_ids`,
+            `past_key_values`, `use_cache` and `logits_to_keep`; put it in eval mode first.
+        input_ids (`torch.LongTensor` of shape `(B, L)`): left-padded prompts.
+        attention_mask (`torch.LongTensor` of shape `(B, L)`): 1 for prompt tokens, 0 for (left) padding.
+        trie (`SidTrie`): the items that may be returned; build it over a subset for candidate restriction. Its
+            tensors are moved to the device of `input_ids`.
+        num_beams (`int`): beams kept per prompt at every level.
+        top_k (`int`, *optional*): items to return per prompt, at most `num_beams`; defaults to `num_beams`.
+        exclude (`Sequence[Iterable[str]]`, *optional*): per prompt, item ids never to return (e.g. the history).
+            Prefixes whose every item is excluded are pruned, so no beam is wasted on a dead end.
+
+    Returns:
+        `list[list[tuple[str, float]]]`: per prompt, up to `top_k` distinct `(item_id, score)` pairs sorted by
+        score (the summed log-probability of the item's SID tokens), best first. Fewer when fewer than `top_k` items
+        are reachable (small trie, many exclusions); the beams are never let out of the trie to fill the list.
+    """
+    batch, _ = input_ids.shape
+    top_k = num_beams if top_k is None else top_k
+    if not 1 <= top_k <= num_beams:
+        raise ValueError(f"top_k must be in 1..num_beams={num_beams}, got {top_k}; raise num_beams to return more.")
+    if exclude is not None and len(exclude) != batch:
+        raise ValueError(f"exclude has {len(exclude)} entries for {batch} prompts; pass one collection per prompt.")
+    device = input_ids.device
+    trie.to(device)
+    remaining = trie.remaining_leaves(exclude) if exclude is not None else None
+    beam_offsets = torch.arange(batch, device=device)[:, None] * num_beams  # (B, 1)
+
+    # Positions count only real tokens, as in HF `generate`, so a left-padded prompt is encoded like an unpadded one.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # (B, L)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, None, :]  # (B, 1, V), same for all beams
+
+    # Beam 0 starts at the root; the others start dead (-inf), so step 0 picks distinct first codes.
+    scores = torch.full((batch, num_beams), -torch.inf, device=device)  # (B, K)
+    scores[:, 0] = 0.0
+    nodes = torch.zeros(batch, num_beams, dtype=torch.long, device=device)  # (B, K)
+    for level in range(trie.num_levels):
+        code_log_probs = log_probs[..., trie.token_ids[level]]  # (B, K or 1, K_m)
+        child, allowed = trie.allowed(level, nodes, remaining)  # (B, K, K_m)
+        candidates = (scores[..., None] + code_log_probs).masked_fill(~allowed, -torch.inf)  # (B, K, K_m)
+        scores, flat = candidates.view(batch, -1).topk(num_beams, dim=-1)  # (B, K): best (beam, code) pairs
+        size = child.shape[-1]
+        beam_idx, codes = flat // size, flat % size  # (B, K)
+        # With fewer allowed continuations than beams, the extra beams get -inf: they park at node 0 and every
+        # continuation of theirs stays -inf, so they never outrank a real beam and are dropped at the end.
+        nodes = child.view(batch, -1).gather(1, flat).clamp(min=0)  # (B, K)
+        if level == trie.num_levels - 1:
+            break  # nodes are leaves now
+
+        if level == 0:
+            # Every beam descends from the prompt: copy each prompt's cache, mask and positions to its beams.
+            cache.batch_repeat_interleave(num_beams)
+            attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)  # (B * K, L)
+            position_ids = position_ids.repeat_interleave(num_beams, dim=0)
+        else:
+            cache.reorder_cache((beam_idx + beam_offsets).view(-1))
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch * num_beams, 1)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1  # (B * K, 1)
+        out = model(
+            input_ids=trie.token_ids[level][codes].view(-1, 1),  # (B * K, 1)
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).view(batch, num_beams, -1)  # (B, K, V)
+
+    results = []
+    for user_scores, user_leaves in zip(scores.tolist(), nodes.tolist(), strict=True):
+        results.append(
+            [
+                (trie.item_of_leaf(leaf), score)
+                for score, leaf in zip(user_scores[:top_k], user_leaves[:top_k], strict=True)
+                if score > -torch.inf
+            ]
+        )
+    return results
