@@ -4,7 +4,7 @@ A run folder (`SFTConfig.output_dir`) holds everything inference needs and how i
 
     adapter_config.json, adapter_model.safetensors   PEFT LoRA adapter (+ trained SID token rows)
     tokenizer files                                   base tokenizer + SID tokens
-    sid_index.json                                    copy of the index the SIDs come from
+    sid_index.json, items.jsonl                       copies of the index and the catalog it was built from
     prompts/*.yaml                                    the templates used
     prompt_data/{train,valid,test}.jsonl, prompts.json  the rendered prompts (config, counts, checksums)
     run_config.json                                   all arguments, base model, input checksums, versions
@@ -154,6 +154,7 @@ def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> P
     else:
         build_prompt_datasets(dataset, index, Path(args.index_path), prompt_config, prompt_dir, overwrite=True)
         shutil.copyfile(args.index_path, out / "sid_index.json")
+        shutil.copyfile(Path(args.dataset_dir) / "items.jsonl", out / "items.jsonl")  # titles for the API
         templates = out / "prompts"
         templates.mkdir(exist_ok=True)
         for name in [f"{task}.yaml" for task in prompt_config.tasks] + ["system.yaml"]:

@@ -1,0 +1,136 @@
+"""The inference API: `Recommender.from_pretrained(run_dir).recommend(history, k=10)`.
+
+It renders the run's own seqrec prompt (first paraphrase, same chat/plain format and history length as in
+training) and returns the top-k catalog items found by `constrained_beam_search` over the run's SID trie, so every
+recommendation is a real item.
+
+Behaviour at the edges: an unknown item id in a history is an error naming it (or is dropped with a warning under
+`skip_unknown=True`); an empty history is an error (a generative recommender needs at least one item to condition
+on; serve cold-start users from a popularity list); `k` above the catalog size is an error; with
+`exclude_history=True` (default) items of the history are never recommended.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmrec.data.dataset import read_items
+from llmrec.data.io import DataError, sha256_file
+from llmrec.decoding import constrained_beam_search
+from llmrec.prompting import PLAIN_FORMAT, load_templates
+from llmrec.run import load_run
+from llmrec.schemas import Item
+from llmrec.trie import SidTrie
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    title: str
+    score: float  # summed log-probability of the item's SID tokens
+    sid: str
+
+
+class Recommender:
+    """A trained run, ready to recommend. Build it with `from_pretrained`."""
+
+    def __init__(self, model, tokenizer, index, items: dict[str, Item], config: dict, templates_dir: Path) -> None:
+        self.model, self.tokenizer, self.index, self.items = model, tokenizer, index, items
+        script_args = config["script_args"]
+        self.chat, self.max_history = script_args["chat"], script_args["max_history"]
+        templates, self.system = load_templates(templates_dir, ["seqrec"])
+        self.template = templates["seqrec"].templates[0][0]
+        self.trie = SidTrie(index, tokenizer)
+        self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, merge: bool = True) -> Recommender:
+        """Load adapter, tokenizer, index, catalog and templates from a run folder and check they belong together."""
+        run = load_run(run_dir, merge=merge)
+        items_path = Path(run_dir) / "items.jsonl"
+        if not items_path.is_file():
+            raise DataError(f"{items_path} not found; the run folder is incomplete (re-run scripts/sft.py).")
+        if sha256_file(items_path) != run.index.catalog_sha256:
+            raise DataError(
+                f"{items_path} is not the catalog {run.path / 'sid_index.json'} was built from (checksum differs); "
+                "rebuild the index or restore the run's items.jsonl."
+            )
+        items = read_items(items_path)
+        return cls(run.model, run.tokenizer, run.index, items, run.config, Path(run_dir) / "prompts")
+
+    def prompt(self, history: list[str]) -> str:
+        """The prompt text for one history (already checked), as the model saw it in training."""
+        recent = history[-self.max_history :]
+        text = self.template.format(history=", ".join(self.index.format(self.index.items[i]) for i in recent))
+        if not self.chat:
+            return PLAIN_FORMAT.format(prompt=text)
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": text}
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def check_history(self, history: list[str], skip_unknown: bool) -> list[str]:
+        unknown = [item_id for item_id in history if item_id not in self.index.items]
+        if unknown and not skip_unknown:
+            raise DataError(
+                f"unknown item id(s) {unknown[:5]} in the history: not in this run's catalog. Fix the ids, or pass "
+                "skip_unknown=True to drop them."
+            )
+        if unknown:
+            logger.warning("Dropping %d unknown item id(s) from a history: %s", len(unknown), unknown[:5])
+        known = [item_id for item_id in history if item_id in self.index.items]
+        if not known:
+            raise ValueError("empty history: llmrec conditions on at least one known item; use a popularity list.")
+        return known
+
+    def recommend_batch(
+        self,
+        histories: list[list[str]],
+        k: int = 10,
+        exclude_history: bool = True,
+        num_beams: int | None = None,
+        skip_unknown: bool = False,
+        batch_size: int = 8,
+    ) -> list[list[Recommendation]]:
+        """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k."""
+        if not 1 <= k <= len(self.index.items):
+            raise ValueError(f"k must be in 1..{len(self.index.items)} (the catalog size), got {k}.")
+        num_beams = num_beams or 2 * k
+        if num_beams < k:
+            raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}).")
+        checked = [self.check_history(list(history), skip_unknown) for history in histories]
+        results = []
+        for start in range(0, len(checked), batch_size):
+            chunk = checked[start : start + batch_size]
+            encoded = self.tokenizer(
+                [self.prompt(h) for h in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            found = constrained_beam_search(
+                self.model,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                self.trie,
+                num_beams=min(num_beams, len(self.index.items)),
+                top_k=k,
+                exclude=[set(h) for h in chunk] if exclude_history else None,
+            )
+            for pairs in found:
+                results.append(
+                    [
+                        Recommendation(
+                            item_id, self.items[item_id].title, score, self.index.format(self.index.items[item_id])
+                        )
+                        for item_id, score in pairs
+                    ]
+                )
+        return results
+
+    def recommend(
+        self, history: list[str], k: int = 10, exclude_history: bool = True, **kwargs
+    ) -> list[Recommendation]:
+        """Top-`k` items for one history (oldest item first)."""
+        return self.recommend_batch([history], k, exclude_history, **kwargs)[0]

@@ -1,0 +1,91 @@
+"""The inference API on a tiny trained run: valid items, exclusion, batching, and every documented error."""
+
+import shutil
+
+import pytest
+from trl import ModelConfig, SFTConfig
+
+from llmrec.config import SFTScriptArguments
+from llmrec.data.io import DataError
+from llmrec.data.prepare import prepare
+from llmrec.recommender import Recommender
+from llmrec.sid import SemanticIdIndex, save_index
+from llmrec.training import run_sft
+from tests.conftest import make_raw, make_tiny_model, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rec")
+    dataset = prepare(make_raw(), root / "data")
+    index = SemanticIdIndex({i: (n // 3, n % 3) for n, i in enumerate(dataset.items)}, (4, 4))
+    index.catalog_sha256 = dataset.meta["files"]["items.jsonl"]
+    save_index(index, root / "sid.json")
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(len(tokenizer)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    out = root / "run"
+    run_sft(
+        SFTScriptArguments(dataset_dir=str(root / "data"), index_path=str(root / "sid.json")),
+        SFTConfig(
+            output_dir=str(out),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            eval_strategy="no",
+            save_steps=100,
+            max_length=256,
+        ),  # fmt: skip
+        ModelConfig(model_name_or_path=str(root / "model"), lora_r=4, lora_alpha=8),
+    )
+    return out
+
+
+def test_recommend_returns_valid_distinct_items_outside_the_history(run_dir):
+    recommender = Recommender.from_pretrained(run_dir)
+    recs = recommender.recommend(["a", "b"], k=4)
+    assert len(recs) == 4 and len({r.item_id for r in recs}) == 4
+    assert {r.item_id for r in recs} <= set("cdef")
+    assert all(r.sid == recommender.index.format(recommender.index.items[r.item_id]) for r in recs)
+    assert all(r.title == f"Title {r.item_id.upper()}" for r in recs)
+    assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+    with_history = recommender.recommend(["a", "b"], k=6, exclude_history=False)
+    assert {r.item_id for r in with_history} == set("abcdef")
+
+
+def test_batch_equals_single(run_dir):
+    recommender = Recommender.from_pretrained(run_dir)
+    histories = [["a"], ["b", "c", "d"], ["e", "a"]]
+    batched = recommender.recommend_batch(histories, k=3)
+    for history, recs in zip(histories, batched, strict=True):
+        single = recommender.recommend(history, k=3)
+        assert [r.item_id for r in recs] == [r.item_id for r in single]
+        assert [r.score for r in recs] == pytest.approx([r.score for r in single], abs=1e-4)
+
+
+def test_prompt_matches_training_format(run_dir):
+    recommender = Recommender.from_pretrained(run_dir)
+    prompt = recommender.prompt(["a", "b"])
+    assert prompt.endswith("<|im_start|>assistant\n") and "<a_0><b_0>, <a_0><b_1>" in prompt
+
+
+def test_documented_errors(run_dir, tmp_path):
+    recommender = Recommender.from_pretrained(run_dir)
+    with pytest.raises(DataError, match=r"unknown item id\(s\) \['zz'\]"):
+        recommender.recommend(["a", "zz"], k=2)
+    assert len(recommender.recommend(["a", "zz"], k=2, skip_unknown=True)) == 2
+    with pytest.raises(ValueError, match="empty history"):
+        recommender.recommend([], k=2)
+    with pytest.raises(ValueError, match=r"k must be in 1..6"):
+        recommender.recommend(["a"], k=7)
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    (broken / "items.jsonl").write_text((broken / "items.jsonl").read_text().replace("Title A", "Title Z"))
+    with pytest.raises(DataError, match="not the catalog"):
+        Recommender.from_pretrained(broken)
+    shutil.copyfile(run_dir / "items.jsonl", broken / "items.jsonl")
+    (broken / "sid_index.json").write_text((broken / "sid_index.json").read_text().replace('"a": [', '"a":  ['))
+    with pytest.raises(DataError, match="differs from the index this run was trained with"):
+        Recommender.from_pretrained(broken)
