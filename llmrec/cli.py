@@ -1,4 +1,4 @@
-"""The `llmrec` command line: `data`, `index`, `sft`, `evaluate` and `demo` subcommands.
+"""The `llmrec` command line: `data`, `index`, `sft`, `recommend`, `evaluate` and `demo` subcommands.
 
 This module is the composition root: it imports `tokenizer` and `eval` lazily inside functions, so that no
 library module of `llmrec` depends on them (tests/test_layout.py checks it).
@@ -93,6 +93,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sft.add_argument("sft_args", nargs=argparse.REMAINDER, help="--config FILE and/or any SFT argument")
 
+    recommend = commands.add_parser("recommend", help="top-k items for a history, from a trained run")
+    recommend.add_argument("--run", type=Path, required=True, help="run folder written by scripts/sft.py")
+    recommend.add_argument("--history", nargs="+", required=True, help="item ids, oldest first")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--num-beams", type=int, help="beam width (default 2k)")
+    recommend.add_argument("--keep-history", action="store_true", help="allow items of the history")
+    recommend.add_argument("--skip-unknown", action="store_true", help="drop unknown ids with a warning")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
     evaluate.add_argument("--dataset", type=Path, required=True)
     evaluate.add_argument("--model", choices=("popularity",), default="popularity")
@@ -144,6 +153,24 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({key: value for key, value in metrics.items() if key != "dataset_sha256"}, indent=2))
 
 
+def run_recommend(args: argparse.Namespace) -> None:
+    from llmrec.recommender import Recommender
+
+    recommender = Recommender.from_pretrained(args.run)
+    recs = recommender.recommend(
+        args.history, k=args.k, exclude_history=not args.keep_history, num_beams=args.num_beams,
+        skip_unknown=args.skip_unknown,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps([rec.__dict__ for rec in recs], indent=2, ensure_ascii=False))
+        return
+    for item_id in args.history[-5:]:
+        item = recommender.items.get(item_id)
+        print(f"  history  {item_id:>10}  {item.title if item else '(unknown)'}")
+    for rank, rec in enumerate(recs, start=1):
+        print(f"{rank:>3}. {rec.item_id:>10}  {rec.score:8.3f}  {rec.sid}  {rec.title}")
+
+
 def run_sft_command(argv: list[str]) -> None:
     from trl import ModelConfig, SFTConfig, TrlParser
 
@@ -172,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             run_index_command(args)
         elif args.command == "sft":
             run_sft_command(unknown + args.sft_args)
+        elif args.command == "recommend":
+            run_recommend(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "demo":

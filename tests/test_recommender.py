@@ -1,5 +1,6 @@
 """The inference API on a tiny trained run: valid items, exclusion, batching, and every documented error."""
 
+import json
 import shutil
 
 import pytest
@@ -89,3 +90,15 @@ def test_documented_errors(run_dir, tmp_path):
     (broken / "sid_index.json").write_text((broken / "sid_index.json").read_text().replace('"a": [', '"a":  ['))
     with pytest.raises(DataError, match="differs from the index this run was trained with"):
         Recommender.from_pretrained(broken)
+
+
+def test_cli_recommend(run_dir, capsys):
+    from llmrec.cli import main
+
+    assert main(["recommend", "--run", str(run_dir), "--history", "a", "b", "--k", "3", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert len(recs) == 3 and {r["item_id"] for r in recs} <= set("cdef")
+    assert main(["recommend", "--run", str(run_dir), "--history", "a", "--k", "2"]) == 0
+    assert "Title A" in capsys.readouterr().out
+    assert main(["recommend", "--run", str(run_dir), "--history", "nope", "--k", "2"]) == 2
+    assert "unknown item id" in capsys.readouterr().err
