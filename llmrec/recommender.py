@@ -95,10 +95,20 @@ class Recommender:
         num_beams: int | None = None,
         skip_unknown: bool = False,
         batch_size: int = 8,
+        candidates: list[str] | None = None,
     ) -> list[list[Recommendation]]:
-        """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k."""
-        if not 1 <= k <= len(self.index.items):
-            raise ValueError(f"k must be in 1..{len(self.index.items)} (the catalog size), got {k}.")
+        """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k.
+
+        `candidates` restricts the results to those item ids (a sub-trie: the beams never leave it).
+        """
+        trie = self.trie
+        if candidates is not None:
+            unknown = [item_id for item_id in candidates if item_id not in self.index.items]
+            if unknown:
+                raise DataError(f"unknown candidate item id(s) {unknown[:5]}: not in this run's catalog.")
+            trie = SidTrie(self.index, self.tokenizer, item_ids=candidates)
+        if not 1 <= k <= len(trie.item_ids):
+            raise ValueError(f"k must be in 1..{len(trie.item_ids)} (the catalog or candidate count), got {k}.")
         num_beams = num_beams or 2 * k
         if num_beams < k:
             raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}).")
@@ -113,8 +123,8 @@ class Recommender:
                 self.model,
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                self.trie,
-                num_beams=min(num_beams, len(self.index.items)),
+                trie,
+                num_beams=min(num_beams, len(trie.item_ids)),
                 top_k=k,
                 exclude=[set(h) for h in chunk] if exclude_history else None,
             )

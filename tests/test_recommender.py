@@ -56,6 +56,16 @@ def test_recommend_returns_valid_distinct_items_outside_the_history(run_dir):
     assert {r.item_id for r in with_history} == set("abcdef")
 
 
+def test_candidates_restrict_results(run_dir):
+    recommender = Recommender.from_pretrained(run_dir)
+    recs = recommender.recommend(["a"], k=2, candidates=["a", "c", "e"])
+    assert {r.item_id for r in recs} == {"c", "e"}  # a is in the history
+    with pytest.raises(ValueError, match=r"k must be in 1..3"):
+        recommender.recommend(["a"], k=4, candidates=["a", "c", "e"])
+    with pytest.raises(DataError, match="unknown candidate"):
+        recommender.recommend(["a"], k=1, candidates=["q"])
+
+
 def test_batch_equals_single(run_dir):
     recommender = Recommender.from_pretrained(run_dir)
     histories = [["a"], ["b", "c", "d"], ["e", "a"]]
@@ -79,7 +89,7 @@ def test_documented_errors(run_dir, tmp_path):
     assert len(recommender.recommend(["a", "zz"], k=2, skip_unknown=True)) == 2
     with pytest.raises(ValueError, match="empty history"):
         recommender.recommend([], k=2)
-    with pytest.raises(ValueError, match=r"k must be in 1..6"):
+    with pytest.raises(ValueError, match=r"k must be in 1..6 \(the catalog"):
         recommender.recommend(["a"], k=7)
     broken = tmp_path / "run"
     shutil.copytree(run_dir, broken)
