@@ -18,16 +18,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmrec.data.io import cache_dir
 from llmrec.sid import SemanticIdIndex
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
 
 
 def convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> Path:

@@ -17,6 +17,12 @@ class DataError(ValueError):
     """Bad input data. The message names the file (and line where known) and says how to fix it."""
 
 
+def cache_dir() -> Path:
+    """Where llmrec keeps downloads and conversions (wheels, example data, converted models): `$LLMREC_CACHE`,
+    default `~/.cache/llmrec`."""
+    return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
+
+
 def located(path: str | Path, line: int | None = None) -> str:
     """Return `"path:line"` (or `"path"`) for error messages.
 

