@@ -22,9 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset as HFDataset
 from transformers import PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from llmrec.config import SFTScriptArguments, parse_task_mix
@@ -126,9 +126,26 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest `checkpoint-N` whose `trainer_state.json` (the Trainer writes it last) is complete.
+
+    A run killed while saving leaves a newer, partial checkpoint folder; resuming from it would fail.
+    """
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    for step in reversed(steps):
+        folder = out / f"checkpoint-{step}"
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            logger.warning("Skipping %s: incomplete (the run was probably killed while saving it).", folder)
+            continue
+        return str(folder)
+    return None
+
+
 def check_output_dir(out: Path, resume: bool) -> str | None:
     """The checkpoint to resume from, or `None`; refuses to silently train over an existing run."""
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = last_complete_checkpoint(out) if out.is_dir() else None
     if resume:
         if last is None:
             raise DataError(f"--resume: no checkpoint-N folder in {out}; start without --resume.")
@@ -169,7 +186,12 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
     out = Path(training_args.output_dir)
     resume_from = check_output_dir(out, args.resume)
     model_name = model_args.model_name_or_path or DEFAULT_MODEL
-    prompt_dir = prepare_run_folder(args, out, resuming=resume_from is not None)
+    # Only the main process writes the run folder; the other ranks wait for it, then read it.
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            prepare_run_folder(args, out, resuming=resume_from is not None)
+    prompt_dir = out / "prompt_data"
     index = load_index(out / "sid_index.json")
 
     model, tokenizer = load_base_model(model_name, keep_layers=args.keep_layers)

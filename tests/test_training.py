@@ -218,3 +218,16 @@ def test_two_process_data_parallel_matches_one_process_with_the_same_effective_b
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-3)
     lora_b = [key for key in one if "lora_B" in key]
     assert any(float(one[key].abs().max()) > 0 for key in lora_b)  # training did move the weights
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
+    from llmrec.training import last_complete_checkpoint
+
+    for step, state in ((2, "{}"), (4, "{}"), (6, None), (8, '{"truncated": ')):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-notes").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(tmp_path / "missing") is None
