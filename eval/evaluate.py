@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from eval.metrics import ranking_metrics
 from eval.popularity import MostPopular
 from llmrec.data.dataset import Dataset
-from llmrec.data.io import write_json_atomic
+from llmrec.data.io import DataError, sha256_file, write_json_atomic
 from llmrec.data.split import Example, SplitName
 
 logger = logging.getLogger(__name__)
@@ -56,3 +56,48 @@ def evaluate_popularity(dataset: Dataset, split: SplitName = "test", exclude_see
 def save_metrics(metrics: dict, path: str | Path) -> None:
     write_json_atomic(path, metrics)
     logger.info("Wrote %s", path)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    dataset: Dataset,
+    split: SplitName = "test",
+    k: int = 20,
+    num_beams: int | None = None,
+    max_users: int | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """A trained run on the `split` examples of `dataset`, through the constrained decoder (full ranking: every
+    catalog item is reachable; items the user has already seen are excluded, as for the popularity baseline)."""
+    from llmrec.recommender import Recommender
+
+    recommender = Recommender.from_pretrained(run_dir)
+    if recommender.index.catalog_sha256 != dataset.meta["files"]["items.jsonl"]:
+        raise DataError(
+            f"{run_dir} was trained on another catalog than {dataset.path}; evaluate it on the dataset it was "
+            "built from."
+        )
+    loo = dataset.load_split()
+    users = loo.users[:max_users] if max_users else loo.users
+    histories = [list(u.train) if split == "valid" else [*u.train, u.valid] for u in users]
+    targets = [u.valid if split == "valid" else u.test for u in users]
+    k = min(k, len(dataset.items))
+    started = time.perf_counter()
+    ranked = []
+    for start in tqdm(range(0, len(histories), batch_size), desc=f"evaluate {split}", unit="batch", mininterval=2.0):
+        chunk = histories[start : start + batch_size]
+        recs = recommender.recommend_batch(chunk, k=k, num_beams=num_beams, batch_size=batch_size)
+        ranked += [[rec.item_id for rec in user_recs] for user_recs in recs]
+    metrics = ranking_metrics(ranked, targets, dataset.items, ks=(5, 10, 20))
+    return {
+        "model": "llmrec",
+        "run": str(run_dir),
+        "dataset": dataset.name,
+        "split": split,
+        **metrics,
+        "n_users": len(users),
+        "config": {"k": k, "num_beams": num_beams or 2 * k, "exclude_seen": True},
+        "run_index_sha256": sha256_file(Path(run_dir) / "sid_index.json"),
+        "dataset_sha256": dataset.meta["files"],
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }

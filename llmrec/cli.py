@@ -104,7 +104,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
     evaluate.add_argument("--dataset", type=Path, required=True)
-    evaluate.add_argument("--model", choices=("popularity",), default="popularity")
+    evaluate.add_argument("--model", choices=("popularity",), default="popularity", help="baseline when no --run")
+    evaluate.add_argument("--run", type=Path, help="evaluate this trained llmrec run instead of a baseline")
+    evaluate.add_argument("--num-beams", type=int, help="beam width for --run (default 2 x 20)")
+    evaluate.add_argument("--max-users", type=int, help="evaluate only the first N users (quick checks)")
     evaluate.add_argument("--split", choices=("valid", "test"), default="test")
     evaluate.add_argument("--keep-seen", action="store_true", help="do not exclude items already in the history")
     evaluate.add_argument("--out", type=Path, help="metrics.json to write")
@@ -145,9 +148,13 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from eval.evaluate import evaluate_popularity, save_metrics
+    from eval.evaluate import evaluate_popularity, evaluate_run, save_metrics
 
-    metrics = evaluate_popularity(load_dataset(args.dataset), args.split, exclude_seen=not args.keep_seen)
+    dataset = load_dataset(args.dataset)
+    if args.run:
+        metrics = evaluate_run(args.run, dataset, args.split, num_beams=args.num_beams, max_users=args.max_users)
+    else:
+        metrics = evaluate_popularity(dataset, args.split, exclude_seen=not args.keep_seen)
     if args.out:
         save_metrics(metrics, args.out)
     print(json.dumps({key: value for key, value in metrics.items() if key != "dataset_sha256"}, indent=2))

@@ -112,3 +112,27 @@ def test_cli_recommend(run_dir, capsys):
     assert "Title A" in capsys.readouterr().out
     assert main(["recommend", "--run", str(run_dir), "--history", "nope", "--k", "2"]) == 2
     assert "unknown item id" in capsys.readouterr().err
+
+
+def test_evaluate_run_on_the_test_split(run_dir):
+    from eval.evaluate import evaluate_run
+    from llmrec.data.dataset import load_dataset
+
+    dataset = load_dataset(run_dir.parent / "data")
+    metrics = evaluate_run(run_dir, dataset, "test", k=3)
+    assert metrics["n_users"] == 4 and metrics["invalid_rate"] == 0.0
+    assert 0.0 <= metrics["recall@5"] <= 1.0 and metrics["config"]["num_beams"] == 6
+    other = prepare(make_raw(), run_dir.parent / "other-data")
+    other.meta["files"]["items.jsonl"] = "0" * 64
+    with pytest.raises(DataError, match="another catalog"):
+        evaluate_run(run_dir, other, "test", k=3)
+
+
+def test_cli_evaluate_run(run_dir, tmp_path, capsys):
+    from llmrec.cli import main
+
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--run", str(run_dir), "--dataset", str(run_dir.parent / "data"), "--max-users", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["model"] == "llmrec" and metrics["n_users"] == 2 and metrics["invalid_rate"] == 0.0
