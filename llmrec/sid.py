@@ -13,14 +13,13 @@ items, and (given a catalog) cover exactly the catalog's items.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 
-from llmrec.data.io import DataError, write_json_atomic
+from llmrec.data.io import DataError, read_versioned_json, write_json_atomic
 
 INDEX_FORMAT_VERSION = 1
 DEFAULT_TOKEN_TEMPLATE = "<{level}_{code}>"
@@ -180,19 +179,12 @@ def save_index(index: SemanticIdIndex, path: str | Path) -> None:
 def load_index(path: str | Path, catalog: Iterable[str] | None = None) -> SemanticIdIndex:
     """Read and validate `sid_index.json`; with `catalog`, also check that it covers exactly those item ids."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found; build it with `llmrec index build --dataset DIR --out {path}`.")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
-    if not isinstance(payload, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(payload).__name__}; rebuild the index.")
-    if payload.get("format_version") != INDEX_FORMAT_VERSION:
-        raise DataError(
-            f"{path}: format_version {payload.get('format_version')!r}, this llmrec reads {INDEX_FORMAT_VERSION}; "
-            "rebuild the index."
-        )
+    payload = read_versioned_json(
+        path,
+        INDEX_FORMAT_VERSION,
+        missing_fix=f"build it with `llmrec index build --dataset DIR --out {path}`",
+        fix="rebuild the index",
+    )
     for key in ("codebook_sizes", "items", "token_template", "level_names"):
         if key not in payload:
             raise DataError(f"{path}: missing key {key!r}; the file is not a complete sid_index.json.")

@@ -19,6 +19,17 @@ def make_raw() -> RawData:
     return RawData("tiny", "fixture", items, rows, [])
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add OpenMP contention (100x slower on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_raw() -> RawData:
     return make_raw()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmrec.data.io import DataError, located, read_lines, sha256_file, write_json_atomic
+from llmrec.data.io import DataError, located, read_lines, read_versioned_json, sha256_file, write_json_atomic
 from llmrec.data.split import LeaveOneOutSplit, load_split, save_split
 from llmrec.schemas import (
     DATASET_FILE,
@@ -151,19 +151,12 @@ def load_dataset(folder: str | Path) -> Dataset:
     """Load and validate a dataset folder written by `save_dataset` / `llmrec data prepare`."""
     folder = Path(folder)
     meta_path = folder / DATASET_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path} not found; create the folder with `llmrec data prepare ... --out {folder}`.")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{located(meta_path, err.lineno)}: not valid JSON ({err.msg}).") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; re-run `llmrec data prepare`.")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(
-            f"{meta_path}: format_version {meta.get('format_version')!r}, this llmrec reads {FORMAT_VERSION}; "
-            "re-run `llmrec data prepare`."
-        )
+    meta = read_versioned_json(
+        meta_path,
+        FORMAT_VERSION,
+        missing_fix=f"create the folder with `llmrec data prepare ... --out {folder}`",
+        fix="re-run `llmrec data prepare`",
+    )
     files = meta.get("files", {})
     for name in (ITEMS_FILE, INTERACTIONS_FILE):
         if name not in files:

@@ -71,6 +71,27 @@ def read_lines(path: str | Path, encoding: str = "utf-8", skip_blank: bool = Tru
         raise DataError(f"{path} is empty; it must hold at least one record.")
 
 
+def read_versioned_json(path: Path, format_version: int, missing_fix: str, fix: str) -> dict:
+    """Read a JSON artifact that must be an object with this `format_version`.
+
+    Raises `DataError` naming the file (and line for bad JSON); `missing_fix` ends the message for an absent file,
+    `fix` the others.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} not found; {missing_fix}.")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{located(path, err.lineno)}: not valid JSON ({err.msg}).") from None
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(payload).__name__}; {fix}.")
+    if payload.get("format_version") != format_version:
+        raise DataError(
+            f"{path}: format_version {payload.get('format_version')!r}, this llmrec reads {format_version}; {fix}."
+        )
+    return payload
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
