@@ -39,6 +39,8 @@ class SFTScriptArguments:
             matrix (PEFT `trainable_token_indices`), on top of LoRA.
         resume (`bool`, *optional*, defaults to `False`): continue from the last checkpoint in `output_dir`.
         prompts_seed (`int`, *optional*, defaults to `42`): seed for sampling and paraphrase choice.
+        eval_task (`str`, *optional*, defaults to `"seqrec"`): next-item task of the validation prompts and of
+            inference: `seqrec` (history in the prompt) or `sequence` (the model continues the history's SIDs).
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -53,9 +55,17 @@ class SFTScriptArguments:
     train_new_tokens: bool = field(default=True, metadata={"help": "train the SID token embedding rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     prompts_seed: int = field(default=42, metadata={"help": "seed for prompt sampling and paraphrases"})
+    eval_task: str = field(
+        default="seqrec", metadata={"help": "next-item task for validation and inference: seqrec or sequence"}
+    )
 
     def __post_init__(self) -> None:
-        parse_task_mix(self.tasks)
+        mix = parse_task_mix(self.tasks)
+        if self.eval_task not in ("seqrec", "sequence") or self.eval_task not in mix:
+            raise ValueError(
+                f"eval_task must be 'seqrec' or 'sequence' and appear in the task mix, got {self.eval_task!r} "
+                f"with tasks {self.tasks!r}."
+            )
         if self.keep_layers is not None and self.keep_layers < 1:
             raise ValueError(f"keep_layers must be >= 1, got {self.keep_layers}.")
         if self.max_history < 1:

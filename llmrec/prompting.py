@@ -6,7 +6,13 @@ models. Sources, so that no evaluation target is ever a training target:
 
 - `seqrec`, `fusion`: sliding windows over each user's *training* sequence (target = training item t, history =
   the `max_history` items before it); validation/test rows come from the split's validation/test examples.
+- `sequence`: runs of up to `max_history + 1` consecutive *training* items as one completion (the loss on
+  every SID trains next-item prediction at every position at once); validation/test rows are the history plus
+  the target.
 - `item2sid`, `sid2item`, `search`: one row per catalog item (item knowledge, not user behaviour).
+
+`eval_task` (`seqrec` or `sequence`) is the task of the validation/test rows, and the prompt the recommender
+uses at inference.
 
 `build_prompt_datasets` writes `train.jsonl`, `valid.jsonl`, `test.jsonl` and `prompts.json` (config, counts,
 checksums of the dataset, index and templates).
@@ -32,7 +38,8 @@ from llmrec.sid import SemanticIdIndex
 logger = logging.getLogger(__name__)
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
-TASKS = ("seqrec", "item2sid", "sid2item", "fusion", "search")
+TASKS = ("seqrec", "item2sid", "sid2item", "fusion", "search", "sequence")
+EVAL_TASKS = ("seqrec", "sequence")  # tasks that predict the next item from a history: evaluable
 TEMPLATE_FORMAT_VERSION = 1
 PLAIN_FORMAT = "{prompt}\nAnswer: "  # the separator ends the prompt: " <a_1>" would tokenize as " " + "<a_1>"
 
@@ -52,6 +59,8 @@ class PromptConfig:
         eval_templates (`str`, *optional*, defaults to `"first"`): validation/test rows use the first paraphrase
             (`"first"`, comparable across runs) or a random one (`"random"`).
         seed (`int`, *optional*, defaults to `42`).
+        eval_task (`str`, *optional*, defaults to `"seqrec"`): the next-item task of the validation/test rows and
+            of inference, `"seqrec"` (history in the prompt) or `"sequence"` (history continued in the completion).
     """
 
     tasks: dict[str, int] = field(
@@ -63,13 +72,18 @@ class PromptConfig:
     templates_dir: str = str(PROMPTS_DIR)
     eval_templates: str = "first"
     seed: int = 42
+    eval_task: str = "seqrec"
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from {TASKS}.")
-        if "seqrec" not in self.tasks:
-            raise ValueError("the task mix must include 'seqrec', the task evaluated on the validation prompts.")
+        if self.eval_task not in EVAL_TASKS:
+            raise ValueError(f"eval_task must be one of {EVAL_TASKS}, got {self.eval_task!r}.")
+        if self.eval_task not in self.tasks:
+            raise ValueError(
+                f"the task mix must include '{self.eval_task}', the eval_task (validation prompts and inference)."
+            )
         if any(limit < 0 for limit in self.tasks.values()):
             raise ValueError(f"task row limits must be >= 0 (0 = all), got {self.tasks}.")
         if not 1 <= self.min_history <= self.max_history:
@@ -85,7 +99,9 @@ class TaskTemplates:
     path: Path
 
 
-PLACEHOLDERS = {"history", "history_titles", "target_sid", "target_title", "title", "text", "sid", "query"}
+PLACEHOLDERS = {
+    "history", "history_titles", "target_sid", "target_title", "title", "text", "sid", "query", "sequence"
+}  # fmt: skip
 
 
 def load_templates(folder: str | Path, tasks) -> tuple[dict[str, TaskTemplates], str]:
@@ -172,6 +188,7 @@ class PromptRenderer:
     def sequence_values(self, history: tuple[str, ...] | list[str], target: str) -> dict[str, str]:
         return {
             "history": ", ".join(self.sid(item_id) for item_id in history),
+            "sequence": ", ".join(self.sid(item_id) for item_id in [*history, target]),
             "history_titles": "; ".join(self.items[item_id].title for item_id in history),
             "target_sid": self.sid(target),
             "target_title": self.items[target].title,
@@ -199,12 +216,33 @@ def training_windows(train: tuple[str, ...], max_history: int, min_history: int)
     return [(train[max(0, t - max_history) : t], train[t]) for t in range(min_history, len(train))]
 
 
+def sequence_runs(train: tuple[str, ...], max_history: int) -> list[tuple[tuple[str, ...], str]]:
+    """Cut one training sequence into runs of at most `max_history + 1` items, as (history, last item) pairs.
+
+    Runs are cut from the end (the most recent run is always whole) and consecutive runs share one item, so every
+    training item after the first is a target once with context; a leading run of one item is dropped.
+
+    Examples:
+        >>> sequence_runs(("a", "b", "c", "d", "e", "f"), max_history=2)
+        [(('a',), 'b'), (('b', 'c'), 'd'), (('d', 'e'), 'f')]
+    """
+    runs = []
+    end = len(train)
+    while end >= 2:
+        start = max(0, end - max_history - 1)
+        runs.append((train[start : end - 1], train[end - 1]))
+        end = start + 1
+        if start == 0:
+            break
+    return runs[::-1]
+
+
 def _limit(rows: list[dict], limit: int, rng: random.Random) -> list[dict]:
     return rows if limit == 0 or len(rows) <= limit else rng.sample(rows, limit)
 
 
 def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig) -> dict[str, list[dict]]:
-    """Training rows for every task in the mix; validation and test rows for seqrec."""
+    """Training rows for every task in the mix; validation and test rows for `config.eval_task`."""
     missing = [item_id for item_id in dataset.items if item_id not in index.items]
     if missing:
         raise DataError(
@@ -222,6 +260,13 @@ def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig
     for task, limit in config.tasks.items():
         if task in ("seqrec", "fusion"):
             rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in windows]
+        elif task == "sequence":
+            runs = [
+                (user.user_id, history, target)
+                for user in split.users
+                for history, target in sequence_runs(user.train, config.max_history)
+            ]
+            rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in runs]
         else:
             rows = [renderer.row(task, renderer.item_values(i), rng, "", i) for i in dataset.items]
         train += _limit(rows, limit, rng)
@@ -232,7 +277,11 @@ def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig
         history_of = {e.user_id: e.history[-config.max_history :] for e in examples}
         return [
             renderer.row(
-                "seqrec", renderer.sequence_values(history_of[e.user_id], e.target), eval_rng, e.user_id, e.target
+                config.eval_task,
+                renderer.sequence_values(history_of[e.user_id], e.target),
+                eval_rng,
+                e.user_id,
+                e.target,
             )
             for e in examples
         ]

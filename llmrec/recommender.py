@@ -1,6 +1,7 @@
 """The inference API: `Recommender.from_pretrained(run_dir).recommend(history, k=10)`.
 
-It renders the run's own seqrec prompt (first paraphrase, same chat/plain format and history length as in
+It renders the run's own next-item prompt (its `eval_task`: `seqrec` puts the history in the prompt, `sequence`
+continues the history's SIDs in the answer; first paraphrase, same chat/plain format and history length as in
 training) and returns the top-k catalog items found by `constrained_beam_search` over the run's SID trie, so every
 recommendation is a real item.
 
@@ -42,8 +43,9 @@ class Recommender:
         self.model, self.tokenizer, self.index, self.items = model, tokenizer, index, items
         script_args = config["script_args"]
         self.chat, self.max_history = script_args["chat"], script_args["max_history"]
-        templates, self.system = load_templates(templates_dir, ["seqrec"])
-        self.template = templates["seqrec"].templates[0][0]
+        self.task = script_args.get("eval_task", "seqrec")
+        templates, self.system = load_templates(templates_dir, [self.task])
+        self.template = templates[self.task].templates[0][0]
         self.trie = SidTrie(index, tokenizer)
         self.tokenizer.padding_side = "left"
 
@@ -64,14 +66,17 @@ class Recommender:
 
     def prompt(self, history: list[str]) -> str:
         """The prompt text for one history (already checked), as the model saw it in training."""
-        recent = history[-self.max_history :]
-        text = self.template.format(history=", ".join(self.index.format(self.index.items[i]) for i in recent))
+        recent = ", ".join(self.index.format(self.index.items[i]) for i in history[-self.max_history :])
+        text = self.template.format(history=recent)
         if not self.chat:
-            return PLAIN_FORMAT.format(prompt=text)
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": text}
-        ]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt = PLAIN_FORMAT.format(prompt=text)
+        else:
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                {"role": "user", "content": text}
+            ]
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # `sequence` runs were trained with the history as the start of the answer: continue it.
+        return prompt + recent + ", " if self.task == "sequence" else prompt
 
     def check_history(self, history: list[str], skip_unknown: bool) -> list[str]:
         unknown = [item_id for item_id in history if item_id not in self.index.items]

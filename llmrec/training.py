@@ -116,7 +116,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if valid:
-        ax.plot(*zip(*valid, strict=True), "o-", label="validation loss (seqrec)")
+        ax.plot(*zip(*valid, strict=True), "o-", label="validation loss (next item)")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy on completions", title="SFT loss")
     ax.grid(alpha=0.3)
     if train or valid:
@@ -160,7 +160,11 @@ def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> P
     dataset = load_dataset(args.dataset_dir)
     index = load_index(args.index_path, dataset.items)
     prompt_config = PromptConfig(
-        tasks=parse_task_mix(args.tasks), max_history=args.max_history, chat=args.chat, seed=args.prompts_seed
+        tasks=parse_task_mix(args.tasks),
+        max_history=args.max_history,
+        chat=args.chat,
+        seed=args.prompts_seed,
+        eval_task=args.eval_task,
     )
     out.mkdir(parents=True, exist_ok=True)
     prompt_dir = out / "prompt_data"

@@ -11,6 +11,7 @@ from llmrec.prompting import (
     build_prompt_datasets,
     load_templates,
     render_splits,
+    sequence_runs,
     training_windows,
 )
 from llmrec.sid import SemanticIdIndex, save_index
@@ -64,6 +65,36 @@ def test_seqrec_rows_come_from_training_sequences_only(tiny_dataset, tiny_index)
     assert len(splits["test"]) == 4 and {r["task"] for r in splits["valid"] + splits["test"]} == {"seqrec"}
 
 
+def test_sequence_runs_cover_every_training_target_once_with_context():
+    train = tuple("abcdefghij")
+    for max_history in (1, 2, 3, 9, 20):
+        runs = sequence_runs(train, max_history)
+        predicted = [item for history, target in runs for item in [*history[1:], target]]
+        assert predicted == list(train[1:])  # each item after the first is predicted once, in order
+        assert all(len(history) <= max_history for history, _ in runs)
+        assert runs[-1][1] == "j" and len(runs[-1][0]) == min(max_history, 9)  # the most recent run is whole
+    assert sequence_runs(("a",), 3) == []
+
+
+def test_sequence_rows_come_from_training_sequences_only(tiny_dataset, tiny_index):
+    index, _ = tiny_index
+    config = PromptConfig(tasks={"sequence": 0}, max_history=2, chat=False, eval_task="sequence")
+    splits = render_splits(tiny_dataset, index, config)
+    split = tiny_dataset.load_split()
+    sid = {item_id: index.format(codes) for item_id, codes in index.items.items()}
+    train_of = {user.user_id: user.train for user in split.users}
+    # u1 trains on a b c (runs: a b c with max_history 2), u3 on c a; u2 and u4 have one training item: no run.
+    assert sorted((r["user_id"], r["completion"]) for r in splits["train"]) == [
+        ("u1", f"{sid['a']}, {sid['b']}, {sid['c']}"),
+        ("u3", f"{sid['c']}, {sid['a']}"),
+    ]
+    for row in splits["train"]:
+        assert row["task"] == "sequence" and row["target_item_id"] == train_of[row["user_id"]][-1]
+    valid_u1 = next(row for row in splits["valid"] if row["user_id"] == "u1")
+    assert valid_u1["completion"] == f"{sid['b']}, {sid['c']}, {sid['d']}"  # history (max 2) + validation item
+    assert {r["task"] for r in splits["valid"] + splits["test"]} == {"sequence"}
+
+
 def test_item_tasks_plain_format_and_limits(tiny_dataset, tiny_index):
     index, _ = tiny_index
     config = PromptConfig(tasks={"seqrec": 2, "item2sid": 0, "sid2item": 3, "search": 0}, chat=False)
@@ -95,7 +126,7 @@ def test_build_writes_files_with_checksums(tiny_dataset, tiny_index, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["prompts.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
     saved = json.loads((out / "prompts.json").read_text())
     assert saved["counts"] == meta["counts"] and saved["counts"]["valid"] == 4
-    assert set(saved["templates_sha256"]) == {f"{t}.yaml" for t in TASKS} | {"system.yaml"}
+    assert set(saved["templates_sha256"]) == {f"{t}.yaml" for t in PromptConfig().tasks} | {"system.yaml"}
     assert len((out / "train.jsonl").read_text().splitlines()) == meta["counts"]["train"]
     with pytest.raises(FileExistsError):
         build_prompt_datasets(tiny_dataset, index, path, PromptConfig(), out)
@@ -107,6 +138,10 @@ def test_bad_configs_and_templates(tiny_dataset, tiny_index, tmp_path):
         PromptConfig(tasks={"seqrec": 0, "translate": 0})
     with pytest.raises(ValueError, match="must include 'seqrec'"):
         PromptConfig(tasks={"item2sid": 0})
+    with pytest.raises(ValueError, match="must include 'sequence'"):
+        PromptConfig(tasks={"seqrec": 0}, eval_task="sequence")
+    with pytest.raises(ValueError, match="eval_task must be one of"):
+        PromptConfig(tasks={"seqrec": 0, "fusion": 0}, eval_task="fusion")
     with pytest.raises(ValueError, match="min_history <= max_history"):
         PromptConfig(min_history=3, max_history=2)
     (tmp_path / "tpl").mkdir()

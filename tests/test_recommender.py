@@ -15,9 +15,8 @@ from llmrec.training import run_sft
 from tests.conftest import make_raw, make_tiny_model, make_tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rec")
+def train_tiny_run(root, **script_args):
+    """A 2-step tiny-model run on the 6-item dataset (SIDs (n // 3, n % 3) on 4 x 4 codebooks)."""
     dataset = prepare(make_raw(), root / "data")
     index = SemanticIdIndex({i: (n // 3, n % 3) for n, i in enumerate(dataset.items)}, (4, 4))
     index.catalog_sha256 = dataset.meta["files"]["items.jsonl"]
@@ -27,7 +26,7 @@ def run_dir(tmp_path_factory):
     tokenizer.save_pretrained(root / "model")
     out = root / "run"
     run_sft(
-        SFTScriptArguments(dataset_dir=str(root / "data"), index_path=str(root / "sid.json")),
+        SFTScriptArguments(dataset_dir=str(root / "data"), index_path=str(root / "sid.json"), **script_args),
         SFTConfig(
             output_dir=str(out),
             max_steps=2,
@@ -42,6 +41,18 @@ def run_dir(tmp_path_factory):
         ModelConfig(model_name_or_path=str(root / "model"), lora_r=4, lora_alpha=8),
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("rec"))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["chat", "plain"])
+def sequence_run_dir(tmp_path_factory, request):
+    return train_tiny_run(
+        tmp_path_factory.mktemp("seq"), tasks="sequence=0,item2sid=0", eval_task="sequence", chat=request.param
+    )
 
 
 def test_recommend_returns_valid_distinct_items_outside_the_history(run_dir):
@@ -80,6 +91,31 @@ def test_prompt_matches_training_format(run_dir):
     recommender = Recommender.from_pretrained(run_dir)
     prompt = recommender.prompt(["a", "b"])
     assert prompt.endswith("<|im_start|>assistant\n") and "<a_0><b_0>, <a_0><b_1>" in prompt
+
+
+def test_sequence_run_continues_the_history_exactly_as_trained(sequence_run_dir):
+    """The inference prompt of a `sequence` run + the target's SID is token for token the start of the validation
+    row the model was scored on (TRL's prompt + completion), so the decoder sees what training saw."""
+    recommender = Recommender.from_pretrained(sequence_run_dir)
+    tokenizer = recommender.tokenizer
+    rows = [json.loads(line) for line in (sequence_run_dir / "prompt_data" / "valid.jsonl").read_text().splitlines()]
+    assert rows and all(row["task"] == "sequence" for row in rows)
+    for row in rows:
+        sids = row["completion"][0]["content"] if recommender.chat else row["completion"]
+        history_sids = sids.split(", ")[:-1]
+        item_of = recommender.index.item_of()
+        history = [item_of[recommender.index.parse(sid)] for sid in history_sids]
+        if recommender.chat:
+            full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        else:
+            full = row["prompt"] + row["completion"]
+        prompt = recommender.prompt(history)
+        target_sid = sids.split(", ")[-1]
+        assert full.startswith(prompt + target_sid)
+        prompt_ids = tokenizer(prompt + target_sid, add_special_tokens=False)["input_ids"]
+        assert tokenizer(full, add_special_tokens=False)["input_ids"][: len(prompt_ids)] == prompt_ids
+    recs = recommender.recommend(history, k=3)
+    assert len({r.item_id for r in recs}) == 3 and not {r.item_id for r in recs} & set(history)
 
 
 def test_documented_errors(run_dir, tmp_path):
