@@ -34,13 +34,16 @@ def evaluate_examples(
     return metrics
 
 
-def evaluate_popularity(dataset: Dataset, split: SplitName = "test", exclude_seen: bool = True) -> dict:
-    """Most-popular baseline (training counts) on the `split` examples of `dataset`."""
+def evaluate_popularity(
+    dataset: Dataset, split: SplitName = "test", exclude_seen: bool = True, max_users: int | None = None
+) -> dict:
+    """Most-popular baseline (training counts) on the `split` examples of `dataset` (the first `max_users`)."""
     loo = dataset.load_split()
     model = MostPopular(loo, dataset.items)
     started = time.perf_counter()
+    examples = loo.examples(split)[:max_users] if max_users else loo.examples(split)
     metrics = evaluate_examples(
-        lambda example, k: model.recommend(example.seen, k, exclude_seen), loo.examples(split), dataset.items
+        lambda example, k: model.recommend(example.seen, k, exclude_seen), examples, dataset.items
     )
     return {
         "model": "most-popular",
@@ -98,6 +101,7 @@ def evaluate_run(
         "n_users": len(users),
         "config": {"k": k, "num_beams": num_beams or 2 * k, "exclude_seen": True},
         "run_index_sha256": sha256_file(Path(run_dir) / "sid_index.json"),
+        "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
     }

@@ -114,6 +114,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the end-to-end pipeline on MovieLens-100K, offline")
     demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--sft-steps", type=int, help="SFT budget in optimizer steps (default: the demo recipe's)")
+    demo.add_argument("--eval-users", type=int, help="evaluate only the first N test users (default: all)")
+    demo.add_argument("--model", help="base model: any HF causal LM name or folder (default: offline SmolLM2)")
     return parser
 
 
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from llmrec.demo import run_demo
 
-            run_demo(args.workdir)
+            options = {"sft_steps": args.sft_steps} if args.sft_steps else {}
+            run_demo(args.workdir, eval_users=args.eval_users, model=args.model, **options)
     except (DataError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -79,18 +79,36 @@ def test_python_dash_m_entry_point():
 
 
 @pytest.mark.integration
-def test_demo_on_movielens_100k(tmp_path, capsys):
-    """The README's main job, as far as it goes today: real ml-100k, index, popularity table, examples."""
-    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+def test_demo_on_movielens_100k(tmp_path, capsys, caplog):
+    """The README's main job with a 2-step SFT budget and 24 test users: real ml-100k, index, SmolLM2 SFT,
+    constrained-decoder evaluation next to most-popular, example users; a second run reuses every stage."""
+    workdir = tmp_path / "demo"
+    args = ["demo", "--workdir", str(workdir), "--sft-steps", "2", "--eval-users", "24"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "users                943" in out and "items              1,682" in out
-    assert "| most-popular |" in out and out.count("held-out next item") == 3
     assert "semantic-ID index: 1682 items, 3 levels x 256 codes" in out and "-> 0.00%" in out
-    assert (tmp_path / "demo" / "index" / "sid_index.quantizer.safetensors").is_file()
-    metrics = json.loads((tmp_path / "demo" / "eval" / "popularity_test.json").read_text())
+    assert (workdir / "index" / "sid_index.quantizer.safetensors").is_file()
+    assert "| llmrec (SmolLM2, demo budget) |" in out and "| most-popular |" in out
+    assert out.count("held-out next item") == 3 and out.count("llmrec top-5") == 3
+    assert "test split, 24 users" in out
+    llmrec = json.loads((workdir / "eval" / "llmrec_test.json").read_text())
+    assert llmrec["n_users"] == 24 and llmrec["invalid_rate"] == 0.0
+    assert json.loads((workdir / "run" / "run_config.json").read_text())["script_args"]["eval_task"] == "sequence"
     # RecBole 1.2.1's Pop with history masked gives R@10 .0838 / N@10 .0446 on its own split (BENCHMARKS.md);
     # ours differs only in tie-breaks, so it must land close.
+    from eval.evaluate import evaluate_popularity
+    from llmrec.data.dataset import load_dataset
+
+    metrics = evaluate_popularity(load_dataset(workdir / "data" / "ml-100k"), "test")
     assert metrics["n_users"] == 943
     assert 0.07 < metrics["recall@10"] < 0.10 and 0.035 < metrics["ndcg@10"] < 0.055
-    # A second run reuses the prepared folder.
-    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    # A second run reuses every stage: no training, no re-evaluation.
+    adapter = (workdir / "run" / "adapter_model.safetensors").read_bytes()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "Reusing the trained run" in caplog.text and "llmrec_test.json" in caplog.text
+    assert (workdir / "run" / "adapter_model.safetensors").read_bytes() == adapter
+    # A different budget retrains, keeping the old run aside.
+    assert main(["demo", "--workdir", str(workdir), "--sft-steps", "1", "--eval-users", "8"]) == 0
+    assert len(list(workdir.glob("run.stale-*"))) == 1
