@@ -2,7 +2,7 @@
 
     python scripts/bench_sft.py --steps 6 --out eval/results
 
-Needs `data/ml-100k` and `data/ml-100k/sid_index.json` (see scripts/configs/sft_ml100k.yaml). Each configuration
+Needs `data/ml-100k` and `data/ml-100k/sid_index.json` (see scripts/configs/sft_ml100k_seqrec.yaml). Each configuration
 runs in a fresh process so its peak RSS is its own. Writes `eval/results/sft_bench.json` and `sft_bench.md`.
 """
 
@@ -32,7 +32,7 @@ def run_one(name: str, steps: int) -> dict:
     from llmrec.training import run_sft
 
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["--config", str(ROOT / "scripts/configs/sft_ml100k.yaml"), "--output_dir", f"{tmp}/run"]
+        argv = ["--config", str(ROOT / "scripts/configs/sft_ml100k_seqrec.yaml"), "--output_dir", f"{tmp}/run"]
         argv += ["--max_steps", str(steps), "--eval_strategy", "no", "--save_steps", "100000", "--logging_steps", "1"]
         argv += ["--gradient_accumulation_steps", "1"]  # the configurations below may override it
         argv += ["--tasks", "seqrec=2000,item2sid=0,sid2item=0,fusion=500,search=0"]

@@ -1,0 +1,218 @@
+"""Quality benchmark: most-popular, SASRec (RecBole 1.2.1) and llmrec on the same split, several seeds.
+
+    python scripts/bench_quality.py --dataset data/ml-100k --sft-config scripts/configs/sft_ml100k.yaml
+    python scripts/bench_quality.py --dataset data/amazon-office --sft-config scripts/configs/sft_office.yaml
+    python scripts/bench_quality.py --readme    # only regenerate the README's results section
+
+For each seed: SASRec is trained and scored in our harness (history items masked, like every row), and an
+llmrec run is trained with `scripts/sft.py --config SFT_CONFIG --seed S` (reused if already finished, resumed
+if killed) and scored through the constrained decoder. Every per-seed result is cached under
+`eval/results/raw/`, so a rerun only computes what is missing. Writes `eval/results/quality_<dataset>.json`
+(per-seed metrics, mean and standard deviation, training CPU-minutes, configs and checksums), `quality_<dataset>.md`
+and `quality_<dataset>.png`, then regenerates the README section between the `results:quality` markers from
+every `quality_*.json`.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from eval.evaluate import evaluate_popularity, evaluate_run, save_metrics
+from llmrec.data.dataset import load_dataset
+from llmrec.data.io import sha256_file, write_json_atomic
+
+RESULTS = Path("eval/results")
+REPO = Path(__file__).resolve().parents[1]
+SHOWN = ("recall@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
+README_START, README_END = "<!-- results:quality:start -->", "<!-- results:quality:end -->"
+
+
+def cached(path: Path, compute, valid=lambda saved: True) -> dict:
+    """Read `path` if it exists and `valid(saved)`, else compute, save and return."""
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if valid(saved):
+            logging.info("Reusing %s", path)
+            return saved
+    result = compute()
+    save_metrics(result, path)
+    return result
+
+
+def trained_llmrec_run(sft_config: Path, seed: int, out: Path, dataset_dir: Path) -> Path:
+    """Train (or resume, or reuse) one llmrec run with the documented entry point, in a child process."""
+    if (out / "run_config.json").is_file():
+        return out
+    command = [sys.executable, str(REPO / "scripts" / "sft.py"), "--config", str(sft_config)]
+    command += ["--seed", str(seed), "--prompts_seed", str(seed), "--output_dir", str(out)]
+    command += ["--dataset_dir", str(dataset_dir), "--index_path", str(dataset_dir / "sid_index.json")]
+    if out.is_dir() and any(out.glob("checkpoint-*")):
+        command.append("--resume")
+    logging.info("Training %s", " ".join(command))
+    subprocess.run(command, check=True)
+    return out
+
+
+def summary(rows: list[dict]) -> dict:
+    """Mean and sample standard deviation of every metric over seeds."""
+    out = {}
+    for name in SHOWN:
+        values = [row[name] for row in rows]
+        out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Dataset `{result['dataset']}`, test split, {result['n_users']} users, full ranking over "
+        f"{result['n_items']} items, history items excluded for every model; mean ± std over the seeds "
+        "(a single seed shows ± 0).",
+        "",
+        "| model | seeds | " + " | ".join(SHOWN) + " | training CPU-min |",
+        "|---|---|" + "---|" * (len(SHOWN) + 1),
+    ]
+    for model in result["models"]:
+        cells = [f"{model['summary'][n]['mean']:.4f} ± {model['summary'][n]['std']:.4f}" for n in SHOWN]
+        minutes = model.get("train_cpu_minutes")
+        lines.append(f"| {model['name']} | {len(model['per_seed'])} | " + " | ".join(cells) + f" | {minutes or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [model["name"] for model in result["models"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("recall@10", "ndcg@10"), strict=True):
+        means = [model["summary"][metric]["mean"] for model in result["models"]]
+        stds = [model["summary"][metric]["std"] for model in result["models"]]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=["#999999", "#4c72b0", "#dd8452"][: len(names)])
+        ax.set_xticks(range(len(names)), names, rotation=15, ha="right", fontsize=8)
+        ax.set_title(f"{result['dataset']}: test {metric}")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def update_readme(readme: Path = REPO / "README.md") -> None:
+    """Replace the README block between the markers with every `quality_*.md`, in dataset order."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} lacks the {README_START} / {README_END} markers.")
+    blocks = []
+    for path in sorted(RESULTS.glob("quality_*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        blocks.append(f"#### {result['dataset']}\n\n" + (RESULTS / f"quality_{result['dataset']}.md").read_text())
+        blocks.append(f"![{result['dataset']} quality](eval/results/quality_{result['dataset']}.png)\n")
+    body = "\n".join(blocks) if blocks else "No quality results yet: run `python scripts/bench_quality.py`.\n"
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(f"{head}{README_START}\n{body}{README_END}{tail}", encoding="utf-8")
+
+
+def main(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.dataset)
+    raw = RESULTS / "raw" / dataset.name
+    models = []
+
+    pop = cached(raw / "popularity_test.json", lambda: evaluate_popularity(dataset, "test"))
+    models.append({"name": "most-popular", "per_seed": [pop], "summary": summary([pop])})
+
+    if not args.skip_sasrec:
+        from eval.sasrec import evaluate_sasrec
+
+        rows = []
+        for seed in args.sasrec_seeds or args.seeds:
+            rows.append(
+                cached(
+                    raw / f"sasrec_seed{seed}.json",
+                    lambda seed=seed: evaluate_sasrec(
+                        dataset,
+                        "test",
+                        seed=seed,
+                        max_seconds=args.sasrec_max_seconds,
+                        work_dir=args.runs / dataset.name / "recbole",
+                    ),
+                    valid=lambda saved: saved["dataset_sha256"] == dataset.meta["files"],
+                )
+            )
+        for seed, row in zip(args.sasrec_seeds or args.seeds, rows, strict=True):
+            row["seed"] = seed
+        minutes = round(statistics.fmean(row["train_time_s"] for row in rows) / 60, 1)
+        models.append(
+            {"name": "SASRec (RecBole)", "per_seed": rows, "summary": summary(rows), "train_cpu_minutes": minutes}
+        )
+
+    if args.sft_config:
+        rows, train_seconds = [], []
+        for seed in args.llmrec_seeds or args.seeds:
+            name = f"{args.sft_config.stem}-seed{seed}"  # one run per recipe and seed
+            run = trained_llmrec_run(args.sft_config, seed, args.runs / dataset.name / name, dataset.path)
+            adapter = sha256_file(run / "adapter_model.safetensors")
+            rows.append(
+                cached(
+                    raw / f"llmrec_{name}.json",
+                    lambda run=run: evaluate_run(run, dataset, "test", num_beams=args.num_beams),
+                    valid=lambda saved, adapter=adapter: saved.get("run_adapter_sha256") == adapter,
+                )
+            )
+            rows[-1]["seed"] = seed
+            train_seconds.append(json.loads((run / "training_log.json").read_text())["train_seconds"])
+        recipe = yaml.safe_load(args.sft_config.read_text())
+        layers = recipe.get("keep_layers") or "all"
+        models.append(
+            {
+                "name": f"llmrec ({recipe.get('model_name_or_path', 'smollm2')}, {layers} layers)",
+                "per_seed": rows,
+                "summary": summary(rows),
+                "train_cpu_minutes": round(statistics.fmean(train_seconds) / 60, 1),
+                "sft_config": recipe,
+                "sft_config_path": str(args.sft_config),
+            }
+        )
+
+    result = {
+        "dataset": dataset.name,
+        "split": "test",
+        "n_users": pop["n_users"],
+        "n_items": len(dataset.items),
+        "seeds": {model["name"]: [row.get("seed") for row in model["per_seed"]] for model in models},
+        "dataset_sha256": dataset.meta["files"],
+        "models": models,
+    }
+    write_json_atomic(RESULTS / f"quality_{dataset.name}.json", result)
+    (RESULTS / f"quality_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
+    plot(result, RESULTS / f"quality_{dataset.name}.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, help="prepared dataset folder with its sid_index.json")
+    parser.add_argument("--sft-config", type=Path, help="scripts/sft.py YAML of the llmrec runs (omit: no llmrec row)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--sasrec-seeds", type=int, nargs="+", help="seeds for SASRec only (default: --seeds)")
+    parser.add_argument("--llmrec-seeds", type=int, nargs="+", help="seeds for llmrec only (default: --seeds)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/quality"), help="where llmrec runs are trained")
+    parser.add_argument("--num-beams", type=int, default=None, help="decoder beams (default 2 x 20)")
+    parser.add_argument("--sasrec-max-seconds", type=float, default=600.0, help="SASRec wall-clock cap per seed")
+    parser.add_argument("--skip-sasrec", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="only regenerate the README results section")
+    arguments = parser.parse_args()
+    if not arguments.readme:
+        if arguments.dataset is None:
+            parser.error("--dataset is required (or pass --readme)")
+        main(arguments)
+    update_readme()
