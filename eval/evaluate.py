@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -105,3 +106,31 @@ def evaluate_run(
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
+
+
+def evaluate_run_cached(
+    run_dir: str | Path,
+    dataset: Dataset,
+    split: SplitName,
+    out: str | Path,
+    max_users: int | None = None,
+    num_beams: int | None = None,
+) -> dict:
+    """`evaluate_run`, saved to `out`; an existing `out` is reused when it scored this exact adapter (checksum) on
+    the same split, number of users and beam width."""
+    out = Path(out)
+    if out.is_file():
+        saved = json.loads(out.read_text(encoding="utf-8"))
+        users = max_users or len(dataset.load_split().users)
+        same = (
+            saved.get("run_adapter_sha256") == sha256_file(Path(run_dir) / "adapter_model.safetensors")
+            and saved.get("split") == split
+            and saved.get("n_users") == users
+            and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
+        )
+        if same:
+            logger.info("Reusing %s", out)
+            return saved
+    metrics = evaluate_run(run_dir, dataset, split, num_beams=num_beams, max_users=max_users)
+    save_metrics(metrics, out)
+    return metrics

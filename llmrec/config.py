@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmrec.prompting import TASKS
+from llmrec.prompting import EVAL_TASKS, TASKS
 
 
 def parse_task_mix(text: str) -> dict[str, int]:
@@ -61,9 +61,9 @@ class SFTScriptArguments:
 
     def __post_init__(self) -> None:
         mix = parse_task_mix(self.tasks)
-        if self.eval_task not in ("seqrec", "sequence") or self.eval_task not in mix:
+        if self.eval_task not in EVAL_TASKS or self.eval_task not in mix:
             raise ValueError(
-                f"eval_task must be 'seqrec' or 'sequence' and appear in the task mix, got {self.eval_task!r} "
+                f"eval_task must be one of {EVAL_TASKS} and appear in the task mix, got {self.eval_task!r} "
                 f"with tasks {self.tasks!r}."
             )
         if self.keep_layers is not None and self.keep_layers < 1:

@@ -119,22 +119,6 @@ def trained_run(dataset: Dataset, index_path: Path, out: Path, max_steps: int, m
     return run_sft(script_args, training_args, model_args)
 
 
-def evaluated_run(run_dir: Path, dataset: Dataset, out: Path, max_users: int | None) -> dict:
-    """Reuse `out` if it scored this exact adapter on the same users, else evaluate the run on the test split."""
-    from eval.evaluate import evaluate_run, save_metrics
-
-    adapter = sha256_file(run_dir / "adapter_model.safetensors")
-    if out.is_file():
-        saved = json.loads(out.read_text(encoding="utf-8"))
-        users = max_users or len(dataset.load_split().users)
-        if saved.get("run_adapter_sha256") == adapter and saved.get("n_users") == users:
-            logger.info("Reusing %s", out)
-            return saved
-    metrics = evaluate_run(run_dir, dataset, "test", max_users=max_users)
-    save_metrics(metrics, out)
-    return metrics
-
-
 def format_table(rows: list[dict]) -> str:
     """Markdown table of the metrics in `TABLE_METRICS`, one row per model."""
     header = "| model | " + " | ".join(TABLE_METRICS) + " |"
@@ -156,7 +140,7 @@ def run_demo(
     `sft_steps` is the SFT budget (optimizer steps of 8 rows), `eval_users` evaluates only the first N test users
     (default: all), `model` replaces the default SmolLM2 (any HF causal LM name or folder).
     """
-    from eval.evaluate import evaluate_popularity, save_metrics
+    from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics
     from llmrec.recommender import Recommender
 
     started = time.perf_counter()
@@ -176,7 +160,7 @@ def run_demo(
     log = json.loads((run_dir / "training_log.json").read_text(encoding="utf-8"))
     print(f"trained run: {run_dir} ({log['train_seconds'] / 60:.1f} CPU-minutes of training)")
 
-    rows = [evaluated_run(run_dir, dataset, workdir / "eval" / "llmrec_test.json", eval_users)]
+    rows = [evaluate_run_cached(run_dir, dataset, "test", workdir / "eval" / "llmrec_test.json", eval_users)]
     rows[0]["model"] = "llmrec (SmolLM2, demo budget)" if model is None else f"llmrec ({model})"
     for exclude_seen in (True, False):
         metrics = evaluate_popularity(dataset, "test", exclude_seen=exclude_seen, max_users=eval_users)

@@ -11,27 +11,16 @@ at 10 layers costs ~0.4x one at 30). Writes `eval/results/sft_layers.json` and `
 import argparse
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-from eval.evaluate import evaluate_popularity, evaluate_run, save_metrics
+from bench_quality import trained_run  # scripts/ is on sys.path when this file runs as a script
+
+from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import sha256_file, write_json_atomic
+from llmrec.data.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
-
-
-def arm_run(config: Path, layers: int, steps: int, out: Path) -> Path:
-    if (out / "run_config.json").is_file():
-        return out
-    command = [sys.executable, str(REPO / "scripts" / "sft.py"), "--config", str(config)]
-    command += ["--keep_layers", str(layers), "--max_steps", str(steps), "--output_dir", str(out)]
-    if out.is_dir() and any(out.glob("checkpoint-*")):
-        command.append("--resume")
-    subprocess.run(command, check=True)
-    return out
 
 
 def main(args: argparse.Namespace) -> None:
@@ -39,13 +28,9 @@ def main(args: argparse.Namespace) -> None:
     rows = []
     for arm in args.arm:
         layers, steps = (int(part) for part in arm.split(":"))
-        run = arm_run(args.config, layers, steps, args.runs / f"l{layers}-s{steps}")
-        metrics_path = run / "valid_metrics.json"
-        adapter = sha256_file(run / "adapter_model.safetensors")
-        saved = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        if saved.get("run_adapter_sha256") != adapter:
-            saved = evaluate_run(run, dataset, "valid")
-            save_metrics(saved, metrics_path)
+        overrides = ["--keep_layers", str(layers), "--max_steps", str(steps)]
+        run = trained_run(args.config, args.runs / f"l{layers}-s{steps}", overrides)
+        saved = evaluate_run_cached(run, dataset, "valid", run / "valid_metrics.json")
         log = json.loads((run / "training_log.json").read_text())
         rows.append(
             {

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from eval.evaluate import evaluate_popularity, evaluate_run, save_metrics
+from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import sha256_file, write_json_atomic
+from llmrec.data.io import write_json_atomic
 
 RESULTS = Path("eval/results")
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +45,13 @@ def cached(path: Path, compute, valid=lambda saved: True) -> dict:
     return result
 
 
-def trained_llmrec_run(sft_config: Path, seed: int, out: Path, dataset_dir: Path) -> Path:
-    """Train (or resume, or reuse) one llmrec run with the documented entry point, in a child process."""
+def trained_run(sft_config: Path, out: Path, overrides: list[str]) -> Path:
+    """Train (or resume, or reuse) one llmrec run with the documented entry point, `scripts/sft.py --config
+    SFT_CONFIG --output_dir OUT *overrides`, in a child process. Also used by bench_layers.py."""
     if (out / "run_config.json").is_file():
         return out
     command = [sys.executable, str(REPO / "scripts" / "sft.py"), "--config", str(sft_config)]
-    command += ["--seed", str(seed), "--prompts_seed", str(seed), "--output_dir", str(out)]
-    command += ["--dataset_dir", str(dataset_dir), "--index_path", str(dataset_dir / "sid_index.json")]
+    command += ["--output_dir", str(out), *overrides]
     if out.is_dir() and any(out.glob("checkpoint-*")):
         command.append("--resume")
     logging.info("Training %s", " ".join(command))
@@ -158,14 +158,11 @@ def main(args: argparse.Namespace) -> None:
         rows, train_seconds = [], []
         for seed in args.llmrec_seeds or args.seeds:
             name = f"{args.sft_config.stem}-seed{seed}"  # one run per recipe and seed
-            run = trained_llmrec_run(args.sft_config, seed, args.runs / dataset.name / name, dataset.path)
-            adapter = sha256_file(run / "adapter_model.safetensors")
+            overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
+            overrides += ["--index_path", str(dataset.path / "sid_index.json")]
+            run = trained_run(args.sft_config, args.runs / dataset.name / name, overrides)
             rows.append(
-                cached(
-                    raw / f"llmrec_{name}.json",
-                    lambda run=run: evaluate_run(run, dataset, "test", num_beams=args.num_beams),
-                    valid=lambda saved, adapter=adapter: saved.get("run_adapter_sha256") == adapter,
-                )
+                evaluate_run_cached(run, dataset, "test", raw / f"llmrec_{name}.json", num_beams=args.num_beams)
             )
             rows[-1]["seed"] = seed
             train_seconds.append(json.loads((run / "training_log.json").read_text())["train_seconds"])
