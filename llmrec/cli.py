@@ -101,6 +101,9 @@ def make_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--keep-history", action="store_true", help="allow items of the history")
     recommend.add_argument("--skip-unknown", action="store_true", help="drop unknown ids with a warning")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recommend.add_argument(
+        "--mode", choices=["direct", "reason"], default="direct", help="reason: a <think> rationale before the SID"
+    )
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on the validation or test split")
     evaluate.add_argument("--dataset", type=Path, required=True)
@@ -169,7 +172,7 @@ def run_recommend(args: argparse.Namespace) -> None:
     recommender = Recommender.from_pretrained(args.run)
     recs = recommender.recommend(
         args.history, k=args.k, exclude_history=not args.keep_history, num_beams=args.num_beams,
-        skip_unknown=args.skip_unknown,
+        skip_unknown=args.skip_unknown, mode=args.mode,
     )  # fmt: skip
     if args.json:
         print(json.dumps([rec.__dict__ for rec in recs], indent=2, ensure_ascii=False))
@@ -177,6 +180,8 @@ def run_recommend(args: argparse.Namespace) -> None:
     for item_id in args.history[-5:]:
         item = recommender.items.get(item_id)
         print(f"  history  {item_id:>10}  {item.title if item else '(unknown)'}")
+    if recs and recs[0].rationale is not None:
+        print(f"  <think> {recs[0].rationale}")
     for rank, rec in enumerate(recs, start=1):
         print(f"{rank:>3}. {rec.item_id:>10}  {rec.score:8.3f}  {rec.sid}  {rec.title}")
 

@@ -21,6 +21,8 @@ from llmrec.data.dataset import read_items
 from llmrec.data.io import DataError, sha256_file
 from llmrec.decoding import constrained_beam_search
 from llmrec.prompting import PLAIN_FORMAT, load_templates
+from llmrec.reasoning import generate_rationales, left_pad, think_token_ids
+from llmrec.rewards import THINK_CLOSE
 from llmrec.run import load_run
 from llmrec.schemas import Item
 from llmrec.trie import SidTrie
@@ -34,6 +36,7 @@ class Recommendation:
     title: str
     score: float  # summed log-probability of the item's SID tokens
     sid: str
+    rationale: str | None = None  # mode="reason": the model's <think> text before the SID
 
 
 class Recommender:
@@ -66,6 +69,12 @@ class Recommender:
 
     def prompt(self, history: list[str]) -> str:
         """The prompt text for one history (already checked), as the model saw it in training."""
+        prompt, answer_prefix = self.prompt_parts(history)
+        return prompt + answer_prefix
+
+    def prompt_parts(self, history: list[str]) -> tuple[str, str]:
+        """(prompt, answer prefix) for one history: the answer prefix is the start of the answer the model was trained
+        to write before the next SID (the history's SIDs and ", " for `sequence` runs, empty for `seqrec`)."""
         recent = ", ".join(self.index.format(self.index.items[i]) for i in history[-self.max_history :])
         text = self.template.format(history=recent)
         if not self.chat:
@@ -76,7 +85,7 @@ class Recommender:
             ]
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # `sequence` runs were trained with the history as the start of the answer: continue it.
-        return prompt + recent + ", " if self.task == "sequence" else prompt
+        return prompt, recent + ", " if self.task == "sequence" else ""
 
     def check_history(self, history: list[str], skip_unknown: bool) -> list[str]:
         unknown = [item_id for item_id in history if item_id not in self.index.items]
@@ -101,11 +110,17 @@ class Recommender:
         skip_unknown: bool = False,
         batch_size: int = 8,
         candidates: list[str] | None = None,
+        mode: str = "direct",
+        max_think_tokens: int = 64,
     ) -> list[list[Recommendation]]:
         """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k.
 
-        `candidates` restricts the results to those item ids (a sub-trie: the beams never leave it).
+        `candidates` restricts the results to those item ids (a sub-trie: the beams never leave it). `mode="reason"`
+        lets the model write a `<think>` rationale (greedy, at most `max_think_tokens`) before the constrained SID
+        (see `llmrec.reasoning`); it is meant for runs trained with GRPO `mode: reason`.
         """
+        if mode not in ("direct", "reason"):
+            raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
         trie = self.trie
         if candidates is not None:
             unknown = [item_id for item_id in candidates if item_id not in self.index.items]
@@ -121,31 +136,58 @@ class Recommender:
         results = []
         for start in range(0, len(checked), batch_size):
             chunk = checked[start : start + batch_size]
-            encoded = self.tokenizer(
-                [self.prompt(h) for h in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-            )
+            if mode == "direct":
+                encoded = self.tokenizer(
+                    [self.prompt(h) for h in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+                )
+                input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+                rationales = [None] * len(chunk)
+            else:
+                input_ids, attention_mask, rationales = self._reason(chunk, max_think_tokens)
             found = constrained_beam_search(
                 self.model,
-                encoded["input_ids"],
-                encoded["attention_mask"],
+                input_ids,
+                attention_mask,
                 trie,
                 num_beams=min(num_beams, len(trie.item_ids)),
                 top_k=k,
                 exclude=[set(h) for h in chunk] if exclude_history else None,
             )
-            for pairs in found:
+            for pairs, rationale in zip(found, rationales, strict=True):
                 results.append(
                     [
                         Recommendation(
-                            item_id, self.items[item_id].title, score, self.index.format(self.index.items[item_id])
+                            item_id,
+                            self.items[item_id].title,
+                            score,
+                            self.index.format(self.index.items[item_id]),
+                            rationale,
                         )
                         for item_id, score in pairs
                     ]
                 )
         return results
 
+    def _reason(self, histories: list[list[str]], max_think_tokens: int):
+        """Token ids of prompt + `<think>` rationale `</think>` + answer prefix per history, and the rationales."""
+        parts = [self.prompt_parts(h) for h in histories]
+        prompt_ids = self.tokenizer([p for p, _ in parts], add_special_tokens=False)["input_ids"]
+        prefix_ids = self.tokenizer([a for _, a in parts], add_special_tokens=False)["input_ids"]
+        open_ids, close_ids = think_token_ids(self.tokenizer)
+        sid_token_ids = self.tokenizer.convert_tokens_to_ids(self.index.all_tokens())
+        found = generate_rationales(
+            self.model, self.tokenizer, prompt_ids, 1, max_think_tokens, sid_token_ids, do_sample=False
+        )
+        rows, texts = [], []
+        for ids, prefix, (rationale,) in zip(prompt_ids, prefix_ids, found, strict=True):
+            written = rationale.token_ids if rationale.closed else rationale.token_ids + close_ids
+            rows.append(ids + open_ids + written + prefix)
+            texts.append(self.tokenizer.decode(written, skip_special_tokens=True).replace(THINK_CLOSE, "").strip())
+        input_ids, attention_mask = left_pad(rows, self.tokenizer.pad_token_id)
+        return input_ids, attention_mask, texts
+
     def recommend(
         self, history: list[str], k: int = 10, exclude_history: bool = True, **kwargs
     ) -> list[Recommendation]:
-        """Top-`k` items for one history (oldest item first)."""
+        """Top-`k` items for one history (oldest item first); `mode="reason"` thinks first (see `recommend_batch`)."""
         return self.recommend_batch([history], k, exclude_history, **kwargs)[0]

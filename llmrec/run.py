@@ -28,8 +28,13 @@ class LoadedRun:
     path: Path
 
 
-def load_run(run_dir: str | Path, merge: bool = False, dtype: torch.dtype = torch.float32) -> LoadedRun:
-    """Base model + LoRA adapter (+ SID token rows) + tokenizer + index from `run_dir`; `merge` folds LoRA in."""
+def load_run(
+    run_dir: str | Path, merge: bool = False, dtype: torch.dtype = torch.float32, trainable: bool = False
+) -> LoadedRun:
+    """Base model + LoRA adapter (+ SID token rows) + tokenizer + index from `run_dir`; `merge` folds LoRA in,
+    `trainable` keeps the adapter trainable (to continue training it, e.g. GRPO after SFT)."""
+    if merge and trainable:
+        raise ValueError("merge=True folds the adapter into the base weights; it cannot also stay trainable.")
     run_dir = Path(run_dir)
     config_path = run_dir / "run_config.json"
     if not config_path.is_file():
@@ -53,8 +58,9 @@ def load_run(run_dir: str | Path, merge: bool = False, dtype: torch.dtype = torc
     if keep_layers:
         truncate_layers(base, keep_layers)
     base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model = PeftModel.from_pretrained(base, run_dir)
+    model = PeftModel.from_pretrained(base, run_dir, is_trainable=trainable)
     if merge:
         model = model.merge_and_unload()
-    model.eval()
+    if not trainable:
+        model.eval()
     return LoadedRun(model, tokenizer, index, config, run_dir)

@@ -146,6 +146,9 @@ def test_cli_recommend(run_dir, capsys):
     assert len(recs) == 3 and {r["item_id"] for r in recs} <= set("cdef")
     assert main(["recommend", "--run", str(run_dir), "--history", "a", "--k", "2"]) == 0
     assert "Title A" in capsys.readouterr().out
+    assert main(["recommend", "--run", str(run_dir), "--history", "a", "--k", "2", "--mode", "reason", "--json"]) == 0
+    reasoned = json.loads(capsys.readouterr().out)
+    assert len(reasoned) == 2 and all(isinstance(r["rationale"], str) for r in reasoned)
     assert main(["recommend", "--run", str(run_dir), "--history", "nope", "--k", "2"]) == 2
     assert "unknown item id" in capsys.readouterr().err
 

@@ -1,0 +1,124 @@
+"""GRPO benchmark: validation and test metrics of an SFT run before and after GRPO, in the same harness.
+
+    python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_ml100k.yaml --dataset data/ml-100k
+    python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_office.yaml --dataset data/amazon-office
+
+Trains the GRPO run of `--grpo-config` with `scripts/grpo.py` in a child process (reused if finished, resumed if
+killed; its `sft_run` must exist: train it with scripts/sft.py or scripts/bench_quality.py first), scores the SFT
+run and the GRPO run on the validation and test splits through the constrained decoder (cached per adapter under
+`eval/results/raw/<dataset>/`), and writes `eval/results/grpo_<dataset>.json` and `.md` with the rewards at the
+start and end of training and the training CPU-minutes.
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from eval.evaluate import evaluate_run_cached
+from llmrec.data.dataset import load_dataset
+from llmrec.data.io import write_json_atomic
+
+RESULTS = Path("eval/results")
+REPO = Path(__file__).resolve().parents[1]
+SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
+
+
+def trained_grpo(config: Path, out: Path) -> Path:
+    """Train (or resume, or reuse) the GRPO run with `scripts/grpo.py --config CONFIG` in a child process."""
+    if (out / "run_config.json").is_file():
+        return out
+    command = [sys.executable, str(REPO / "scripts" / "grpo.py"), "--config", str(config), "--output_dir", str(out)]
+    if out.is_dir() and any(out.glob("checkpoint-*")):
+        command.append("--resume")
+    logging.info("Training %s", " ".join(command))
+    subprocess.run(command, check=True)
+    return out
+
+
+def reward_window(history: list[dict], first: bool, steps: int = 3) -> float:
+    """Mean total reward over the first (or last) `steps` logged steps."""
+    rows = [row["reward"] for row in history if "reward" in row]
+    chosen = rows[:steps] if first else rows[-steps:]
+    return sum(chosen) / len(chosen)
+
+
+def markdown(result: dict) -> str:
+    grpo = result["grpo"]
+    lines = [
+        f"Dataset `{result['dataset']}`, {result['n_users']} users per split, full ranking over {result['n_items']} "
+        f"items, history excluded. GRPO: {grpo['steps']} steps, {grpo['prompts_seen']} prompts x "
+        f"{grpo['num_generations']} rollouts, rewards `{grpo['rewards']}`, rollout `{grpo['rollout']}`, mode "
+        f"`{grpo['mode']}`, beta {grpo['beta']}, lr {grpo['learning_rate']}; {grpo['train_cpu_minutes']} CPU-min. "
+        f"Mean rollout reward {grpo['reward_start']:.3f} (first 3 logged steps) -> {grpo['reward_end']:.3f} (last 3).",
+        "",
+        "| run | split | " + " | ".join(SHOWN) + " |",
+        "|---|---|" + "---|" * len(SHOWN),
+    ]
+    for row in result["rows"]:
+        cells = [f"{row['metrics'][name]:.4f}" for name in SHOWN]
+        lines.append(f"| {row['run']} | {row['split']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> None:
+    config = yaml.safe_load(args.grpo_config.read_text(encoding="utf-8"))
+    dataset = load_dataset(args.dataset)
+    sft_run, grpo_out = Path(config["sft_run"]), Path(args.output_dir or config["output_dir"])
+    if not (sft_run / "run_config.json").is_file():
+        raise SystemExit(f"{sft_run} is not a finished SFT run; train it first (scripts/bench_quality.py or sft.py).")
+    grpo_run = trained_grpo(args.grpo_config, grpo_out)
+    raw = RESULTS / "raw" / dataset.name
+    rows = []
+    for name, run in (("SFT", sft_run), ("SFT + GRPO", grpo_run)):
+        for split in ("valid", "test"):
+            # The SFT test file is the one bench_quality.py writes for that run, so its cache is shared.
+            out = raw / (f"llmrec_{run.name}.json" if split == "test" else f"llmrec_{run.name}_{split}.json")
+            metrics = evaluate_run_cached(run, dataset, split, out, num_beams=args.num_beams)
+            rows.append({"run": name, "split": split, "path": str(run), "metrics": metrics["metrics"]})
+    log = json.loads((grpo_run / "training_log.json").read_text(encoding="utf-8"))
+    run_config = json.loads((grpo_run / "run_config.json").read_text(encoding="utf-8"))
+    training = run_config["grpo"]["training_args"]
+    result = {
+        "dataset": dataset.name,
+        "n_users": len(dataset.load_split().users),
+        "n_items": len(dataset.items),
+        "grpo_config": config,
+        "grpo": {
+            "steps": training["max_steps"],
+            "prompts_seen": training["max_steps"] * training["generation_batch_size"] // training["num_generations"],
+            "num_generations": training["num_generations"],
+            "rewards": run_config["grpo"]["script_args"]["rewards"],
+            "rollout": run_config["grpo"]["script_args"]["rollout"],
+            "mode": run_config["grpo"]["script_args"]["mode"],
+            "beta": training["beta"],
+            "learning_rate": training["learning_rate"],
+            "train_cpu_minutes": round(log["train_seconds"] / 60, 1),
+            "reward_start": reward_window(log["log_history"], first=True),
+            "reward_end": reward_window(log["log_history"], first=False),
+        },
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(RESULTS / f"grpo_{dataset.name}.json", result)
+    (RESULTS / f"grpo_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    print(f"results written to {RESULTS / f'grpo_{dataset.name}.md'}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grpo-config", type=Path, required=True, help="scripts/grpo.py YAML")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder of the SFT run")
+    parser.add_argument("--output-dir", help="GRPO run folder (default: the YAML's output_dir)")
+    parser.add_argument("--num-beams", type=int, help="decoder beams (default 2 x 20)")
+    return parser
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    main(make_parser().parse_args())
