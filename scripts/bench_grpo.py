@@ -19,11 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from eval.evaluate import evaluate_run_cached
+from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
 
-RESULTS = Path("eval/results")
 REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
 
@@ -50,17 +49,18 @@ def reward_window(history: list[dict], first: bool, steps: int = 3) -> float:
 def markdown(result: dict) -> str:
     grpo = result["grpo"]
     lines = [
-        f"Dataset `{result['dataset']}`, {result['n_users']} users per split, full ranking over {result['n_items']} "
-        f"items, history excluded. GRPO: {grpo['steps']} steps, {grpo['prompts_seen']} prompts x "
-        f"{grpo['num_generations']} rollouts, rewards `{grpo['rewards']}`, rollout `{grpo['rollout']}`, mode "
-        f"`{grpo['mode']}`, beta {grpo['beta']}, lr {grpo['learning_rate']}; {grpo['train_cpu_minutes']} CPU-min. "
-        f"Mean rollout reward {grpo['reward_start']:.3f} (first 3 logged steps) -> {grpo['reward_end']:.3f} (last 3).",
+        f"Dataset `{result['dataset']}`, {result['n_users']} users per split{result['users_note']}, full ranking "
+        f"over {result['n_items']} items, history excluded. GRPO: {grpo['steps']} steps, {grpo['prompts_seen']} "
+        f"prompts x {grpo['num_generations']} rollouts, rewards `{grpo['rewards']}`, rollout `{grpo['rollout']}`, "
+        f"mode `{grpo['mode']}`, beta {grpo['beta']}, lr {grpo['learning_rate']}; {grpo['train_cpu_minutes']} "
+        f"CPU-min. Mean rollout reward {grpo['reward_start']:.3f} (first 3 logged steps) -> "
+        f"{grpo['reward_end']:.3f} (last 3).",
         "",
         "| run | split | " + " | ".join(SHOWN) + " |",
         "|---|---|" + "---|" * len(SHOWN),
     ]
     for row in result["rows"]:
-        cells = [f"{row['metrics'][name]:.4f}" for name in SHOWN]
+        cells = [f"{row['metrics'][metric]:.4f}" for metric in SHOWN]
         lines.append(f"| {row['run']} | {row['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -72,21 +72,28 @@ def main(args: argparse.Namespace) -> None:
     if not (sft_run / "run_config.json").is_file():
         raise SystemExit(f"{sft_run} is not a finished SFT run; train it first (scripts/bench_quality.py or sft.py).")
     grpo_run = trained_grpo(args.grpo_config, grpo_out)
-    raw = RESULTS / "raw" / dataset.name
-    rows = []
+    results = args.results
+    raw = results / "raw" / dataset.name
+    users = args.max_users
+    rows = [
+        {"run": "most-popular", "split": split, "metrics": evaluate_popularity(dataset, split, max_users=users)}
+        for split in ("valid", "test")
+    ]
     for name, run in (("SFT", sft_run), ("SFT + GRPO", grpo_run)):
         for split in ("valid", "test"):
-            # The SFT test file is the one bench_quality.py writes for that run, so its cache is shared.
-            out = raw / (f"llmrec_{run.name}.json" if split == "test" else f"llmrec_{run.name}_{split}.json")
-            metrics = evaluate_run_cached(run, dataset, split, out, num_beams=args.num_beams)
-            rows.append({"run": name, "split": split, "path": str(run), "metrics": metrics["metrics"]})
+            # The full SFT test file is the one bench_quality.py writes for that run, so its cache is shared.
+            suffix = ("" if split == "test" else f"_{split}") + (f"_u{args.max_users}" if args.max_users else "")
+            out = raw / f"llmrec_{run.name}{suffix}.json"
+            metrics = evaluate_run_cached(run, dataset, split, out, max_users=args.max_users, num_beams=args.num_beams)
+            rows.append({"run": name, "split": split, "path": str(run), "metrics": metrics})
     log = json.loads((grpo_run / "training_log.json").read_text(encoding="utf-8"))
     run_config = json.loads((grpo_run / "run_config.json").read_text(encoding="utf-8"))
     training = run_config["grpo"]["training_args"]
     result = {
         "dataset": dataset.name,
-        "n_users": len(dataset.load_split().users),
+        "n_users": args.max_users or len(dataset.load_split().users),
         "n_items": len(dataset.items),
+        "users_note": f" (the first {args.max_users} of {len(dataset.load_split().users)})" if args.max_users else "",
         "grpo_config": config,
         "grpo": {
             "steps": training["max_steps"],
@@ -103,11 +110,11 @@ def main(args: argparse.Namespace) -> None:
         },
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS / f"grpo_{dataset.name}.json", result)
-    (RESULTS / f"grpo_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
+    results.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results / f"grpo_{dataset.name}.json", result)
+    (results / f"grpo_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
-    print(f"results written to {RESULTS / f'grpo_{dataset.name}.md'}")
+    print(f"results written to {results / f'grpo_{dataset.name}.md'}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -116,6 +123,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder of the SFT run")
     parser.add_argument("--output-dir", help="GRPO run folder (default: the YAML's output_dir)")
     parser.add_argument("--num-beams", type=int, help="decoder beams (default 2 x 20)")
+    parser.add_argument("--results", type=Path, default=Path("eval/results"), help="where results are written")
+    parser.add_argument("--max-users", type=int, help="score only the first N users of each split (all runs)")
     return parser
 
 

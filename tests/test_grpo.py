@@ -3,6 +3,7 @@ the SFT reference, the saved run, and every documented error."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from llmrec.grpo import GRPOScriptArguments, group_starts, grpo_rows, make_train
 from llmrec.recommender import Recommender
 from tests.conftest import make_raw
 from tests.test_recommender import train_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +156,29 @@ def test_documented_errors(sft_run, tmp_path):
     other = prepare(raw, tmp_path / "other").path
     with pytest.raises(DataError, match="is not the catalog"):
         make_trainer(GRPOScriptArguments(sft_run=str(sft_run), dataset_dir=str(other)), config(tmp_path / "o"))
+
+
+def test_bench_grpo_trains_through_the_script_and_scores_both_runs(sft_run, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "grpo.yaml"
+    values = {
+        "sft_run": str(sft_run), "max_prompts": 0, "output_dir": str(tmp_path / "grpo"), "max_steps": 2,
+        "num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.04, "learning_rate": 1e-2,
+        "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "report_to": "none", "logging_steps": 1,
+    }  # fmt: skip
+    config.write_text(yaml.safe_dump(values))
+    command = [sys.executable, str(REPO / "scripts" / "bench_grpo.py"), "--grpo-config", str(config)]
+    command += ["--dataset", str(sft_run.parent / "data"), "--results", str(tmp_path / "results")]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+    result = json.loads((tmp_path / "results" / "grpo_tiny.json").read_text())
+    assert [(r["run"], r["split"]) for r in result["rows"]] == [
+        ("most-popular", "valid"), ("most-popular", "test"), ("SFT", "valid"), ("SFT", "test"),
+        ("SFT + GRPO", "valid"), ("SFT + GRPO", "test"),
+    ]  # fmt: skip
+    assert all(r["metrics"]["n_users"] == 4 for r in result["rows"])
+    assert result["grpo"]["steps"] == 2 and result["grpo"]["train_cpu_minutes"] >= 0
+    assert "| SFT + GRPO | test |" in (tmp_path / "results" / "grpo_tiny.md").read_text()
