@@ -7,7 +7,8 @@ Trains the GRPO run of `--grpo-config` with `scripts/grpo.py` in a child process
 killed; its `sft_run` must exist: train it with scripts/sft.py or scripts/bench_quality.py first), scores the SFT
 run and the GRPO run on the validation and test splits through the constrained decoder (cached per adapter under
 `eval/results/raw/<dataset>/`), and writes `eval/results/grpo_<dataset>.json` and `.md` with the rewards at the
-start and end of training and the training CPU-minutes.
+start and end of training and the training CPU-minutes, then regenerates the README block between the
+`results:grpo` markers (`--readme` does only that).
 """
 
 import argparse
@@ -25,6 +26,7 @@ from llmrec.data.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
+README_START, README_END = "<!-- results:grpo:start -->", "<!-- results:grpo:end -->"
 
 
 def trained_grpo(config: Path, out: Path) -> Path:
@@ -65,7 +67,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
+    """Replace the README block between the `results:grpo` markers with every `grpo_*.md` in `results`."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} lacks the {README_START} / {README_END} markers.")
+    files = sorted(results.glob("grpo_*.md"))
+    blocks = [f"#### {path.stem.removeprefix('grpo_')}\n\n{path.read_text(encoding='utf-8')}" for path in files]
+    body = "\n".join(blocks) if blocks else "No GRPO results yet: run `python scripts/bench_grpo.py`.\n"
+    head, rest = text.split(README_START, 1)
+    readme.write_text(f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}", encoding="utf-8")
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.readme:
+        update_readme(args.results)
+        return
+    if args.grpo_config is None or args.dataset is None:
+        raise SystemExit("--grpo-config and --dataset are required (or --readme alone).")
     config = yaml.safe_load(args.grpo_config.read_text(encoding="utf-8"))
     dataset = load_dataset(args.dataset)
     sft_run, grpo_out = Path(config["sft_run"]), Path(args.output_dir or config["output_dir"])
@@ -114,16 +133,19 @@ def main(args: argparse.Namespace) -> None:
     write_json_atomic(results / f"grpo_{dataset.name}.json", result)
     (results / f"grpo_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
+    if args.results.resolve() == (REPO / "eval" / "results").resolve():
+        update_readme(args.results)
     print(f"results written to {results / f'grpo_{dataset.name}.md'}")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grpo-config", type=Path, required=True, help="scripts/grpo.py YAML")
-    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder of the SFT run")
+    parser.add_argument("--grpo-config", type=Path, help="scripts/grpo.py YAML")
+    parser.add_argument("--dataset", type=Path, help="prepared dataset folder of the SFT run")
     parser.add_argument("--output-dir", help="GRPO run folder (default: the YAML's output_dir)")
     parser.add_argument("--num-beams", type=int, help="decoder beams (default 2 x 20)")
     parser.add_argument("--results", type=Path, default=Path("eval/results"), help="where results are written")
+    parser.add_argument("--readme", action="store_true", help="only regenerate the README's GRPO results block")
     parser.add_argument("--max-users", type=int, help="score only the first N users of each split (all runs)")
     return parser
 
