@@ -13,8 +13,9 @@
 - Rewards (`llmrec.rewards`): hit, rank-aware, prefix and format, weighted by `rewards: hit=1,rank=1,...`.
 - Reference: with `beta > 0` TRL keeps a frozen copy of the SFT adapter as the reference policy ("ref" adapter);
   `SidGRPOTrainer` completes that copy with the trained SID embedding rows, which TRL's copy misses.
-- Log-probabilities: TRL computes them from `lm_head.weight` directly (a fused head), which skips PEFT's trainable
-  SID rows of the tied embedding; `SidGRPOTrainer` computes them through the model's forward instead.
+- Log-probabilities: TRL computes them with a fused LM head that reads `lm_head.weight` and `lm_head.bias`; PEFT's
+  wrapper of the tied head (the trainable SID rows) has no `bias`, so that path fails. `SidGRPOTrainer` computes them
+  through the model's own forward, projecting only the completion positions (`logits_to_keep`).
 
 The output is a self-contained run folder like an SFT run (adapter, tokenizer, index, items, prompts,
 `run_config.json` with a `grpo` section), so `Recommender.from_pretrained` and `llmrec evaluate` take it as is.
@@ -165,7 +166,7 @@ class SidRollout:
         try:
             heads = [rows[s] for s in starts]
             if self.args.mode == "reason":
-                groups = self.reason(model, heads, size)
+                groups = self.reason(model, heads, size, trainer.temperature)
             elif self.args.rollout == "beam":
                 groups = self.beam(model, heads, size)
             else:
@@ -242,12 +243,19 @@ class SidRollout:
             groups.append([self._direct(self.trie.item_of_token_ids(sids[i].tolist())) for i in members])
         return groups
 
-    def reason(self, model, rows: list[dict], size: int) -> list[list[dict]]:
+    def reason(self, model, rows: list[dict], size: int, temperature: float) -> list[list[dict]]:
         open_ids, close_ids = think_token_ids(self.tokenizer)
         prompt_ids = self.tokenizer([row["prompt"] for row in rows], add_special_tokens=False)["input_ids"]
         prefixes = self.tokenizer([row["answer_prefix"] for row in rows], add_special_tokens=False)["input_ids"]
         rationales = generate_rationales(
-            model, self.tokenizer, prompt_ids, size, self.args.max_think_tokens, self.banned_token_ids, do_sample=True
+            model,
+            self.tokenizer,
+            prompt_ids,
+            size,
+            self.args.max_think_tokens,
+            self.banned_token_ids,
+            do_sample=True,
+            temperature=temperature,
         )
         groups = []
         for ids, prefix, seen, group in zip(prompt_ids, prefixes, self._exclude(rows), rationales, strict=True):
@@ -314,6 +322,8 @@ class SidGRPOTrainer(GRPOTrainer):
         compute_aux_loss=False,
         **multimodal,
     ):
+        if compute_aux_loss:
+            raise ValueError("llmrec's GRPO has no MoE router auxiliary loss; set router_aux_loss_coef: 0.")
         batch_size = batch_size or input_ids.size(0)
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
@@ -345,6 +355,11 @@ class SidGRPOTrainer(GRPOTrainer):
 def make_trainer(args: GRPOScriptArguments, training_args: GRPOConfig) -> tuple[SidGRPOTrainer, dict, int]:
     """The trainer for `args.sft_run`, with its rollout and rewards; also returns the SFT run config and the number
     of training prompts."""
+    if training_args.mask_truncated_completions:
+        raise ValueError(
+            "mask_truncated_completions: true would mask every rollout: a SID completion never ends with EOS (TRL "
+            "counts it as truncated). Set it to false."
+        )
     sft = Path(args.sft_run)
     run = load_run(sft, trainable=True)
     dataset_dir = Path(args.dataset_dir or run.config["script_args"]["dataset_dir"])

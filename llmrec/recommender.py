@@ -47,6 +47,7 @@ class Recommender:
         script_args = config["script_args"]
         self.chat, self.max_history = script_args["chat"], script_args["max_history"]
         self.task = script_args.get("eval_task", "seqrec")
+        self.max_think_tokens = config.get("grpo", {}).get("script_args", {}).get("max_think_tokens", 64)
         templates, self.system = load_templates(templates_dir, [self.task])
         self.template = templates[self.task].templates[0][0]
         self.trie = SidTrie(index, tokenizer)
@@ -111,13 +112,14 @@ class Recommender:
         batch_size: int = 8,
         candidates: list[str] | None = None,
         mode: str = "direct",
-        max_think_tokens: int = 64,
+        max_think_tokens: int | None = None,
     ) -> list[list[Recommendation]]:
         """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k.
 
         `candidates` restricts the results to those item ids (a sub-trie: the beams never leave it). `mode="reason"`
-        lets the model write a `<think>` rationale (greedy, at most `max_think_tokens`) before the constrained SID
-        (see `llmrec.reasoning`); it is meant for runs trained with GRPO `mode: reason`.
+        lets the model write a `<think>` rationale (greedy, at most `max_think_tokens`: by default the budget of the
+        run's GRPO training, else 64) before the constrained SID (see `llmrec.reasoning`); it is meant for runs
+        trained with GRPO `mode: reason`.
         """
         if mode not in ("direct", "reason"):
             raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
@@ -143,7 +145,7 @@ class Recommender:
                 input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
                 rationales = [None] * len(chunk)
             else:
-                input_ids, attention_mask, rationales = self._reason(chunk, max_think_tokens)
+                input_ids, attention_mask, rationales = self._reason(chunk, max_think_tokens or self.max_think_tokens)
             found = constrained_beam_search(
                 self.model,
                 input_ids,

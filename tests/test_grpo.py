@@ -154,6 +154,8 @@ def test_documented_errors(sft_run, tmp_path):
     raw = make_raw()
     raw.items["a"] = dataclasses.replace(raw.items["a"], title="Another title")
     other = prepare(raw, tmp_path / "other").path
+    with pytest.raises(ValueError, match="mask_truncated_completions"):
+        make_trainer(GRPOScriptArguments(sft_run=str(sft_run)), config(tmp_path, mask_truncated_completions=True))
     with pytest.raises(DataError, match="is not the catalog"):
         make_trainer(GRPOScriptArguments(sft_run=str(sft_run), dataset_dir=str(other)), config(tmp_path / "o"))
 
