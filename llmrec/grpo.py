@@ -36,13 +36,12 @@ import torch
 from datasets import Dataset as HFDataset
 from trl import GRPOConfig, GRPOTrainer
 
-from llmrec.data.dataset import load_dataset, read_items
+from llmrec.data.dataset import load_dataset
 from llmrec.data.io import DataError, sha256_file, write_json_atomic
 from llmrec.decoding import constrained_beam_search
 from llmrec.reasoning import generate_rationales, left_pad, think_token_ids
 from llmrec.recommender import Recommender
 from llmrec.rewards import make_reward_funcs, parse_reward_weights
-from llmrec.run import load_run
 from llmrec.training import RUN_CONFIG, check_output_dir
 from llmrec.trie import SidTrie
 from llmrec.version import __version__
@@ -152,7 +151,7 @@ class SidRollout:
 
     def __init__(self, tokenizer, trie: SidTrie, sid_token_ids: dict[str, list[int]], args: GRPOScriptArguments):
         self.tokenizer, self.trie, self.sid_token_ids, self.args = tokenizer, trie, sid_token_ids, args
-        self.banned_token_ids = sorted({token for ids in sid_token_ids.values() for token in ids})
+        self.banned_token_ids = torch.cat(trie.token_ids).tolist()  # every SID token: never in a rationale
 
     def __call__(self, prompts: list[str], trainer: SidGRPOTrainer) -> dict:
         rows = trainer.rollout_rows
@@ -163,17 +162,17 @@ class SidRollout:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()  # no LoRA dropout in rollouts
+        heads = [rows[s] for s in starts]
+        prompt_ids = self.tokenizer([row["prompt"] for row in heads], add_special_tokens=False)["input_ids"]
         try:
-            heads = [rows[s] for s in starts]
             if self.args.mode == "reason":
-                groups = self.reason(model, heads, size, trainer.temperature)
+                groups = self.reason(model, heads, prompt_ids, size, trainer.temperature)
             elif self.args.rollout == "beam":
-                groups = self.beam(model, heads, size)
+                groups = self.beam(model, heads, prompt_ids, size)
             else:
-                groups = self.sample(model, heads, size, trainer.temperature)
+                groups = self.sample(model, heads, prompt_ids, size, trainer.temperature)
         finally:
             model.train(was_training)
-        prompt_ids = self.tokenizer([row["prompt"] for row in heads], add_special_tokens=False)["input_ids"]
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "item_id": [], "group_rank": []}
         reason = self.args.mode == "reason"
         if reason:
@@ -201,18 +200,15 @@ class SidRollout:
                 "lower num_generations."
             )
 
-    def beam(self, model, rows: list[dict], size: int) -> list[list[dict]]:
-        encoded = self.tokenizer(
-            [row["prompt"] for row in rows], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        found = constrained_beam_search(
-            model, encoded["input_ids"], encoded["attention_mask"], self.trie, size, exclude=self._exclude(rows)
-        )
+    def beam(self, model, rows: list[dict], prompt_ids: list[list[int]], size: int) -> list[list[dict]]:
+        input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)  # (B, L)
+        found = constrained_beam_search(model, input_ids, attention_mask, self.trie, size, exclude=self._exclude(rows))
         self._check_full(found, size)
         return [[self._direct(item_id) for item_id, _ in items] for items in found]
 
-    def sample(self, model, rows: list[dict], size: int, temperature: float) -> list[list[dict]]:
-        prompt_ids = self.tokenizer([row["prompt"] for row in rows], add_special_tokens=False)["input_ids"]
+    def sample(
+        self, model, rows: list[dict], prompt_ids: list[list[int]], size: int, temperature: float
+    ) -> list[list[dict]]:
         repeated = [ids for ids in prompt_ids for _ in range(size)]
         input_ids, attention_mask = left_pad(repeated, self.tokenizer.pad_token_id)  # (B * G, L)
         exclude = [seen for seen in self._exclude(rows) for _ in range(size)]
@@ -243,9 +239,10 @@ class SidRollout:
             groups.append([self._direct(self.trie.item_of_token_ids(sids[i].tolist())) for i in members])
         return groups
 
-    def reason(self, model, rows: list[dict], size: int, temperature: float) -> list[list[dict]]:
+    def reason(
+        self, model, rows: list[dict], prompt_ids: list[list[int]], size: int, temperature: float
+    ) -> list[list[dict]]:
         open_ids, close_ids = think_token_ids(self.tokenizer)
-        prompt_ids = self.tokenizer([row["prompt"] for row in rows], add_special_tokens=False)["input_ids"]
         prefixes = self.tokenizer([row["answer_prefix"] for row in rows], add_special_tokens=False)["input_ids"]
         rationales = generate_rationales(
             model,
@@ -259,7 +256,7 @@ class SidRollout:
         )
         groups = []
         for ids, prefix, seen, group in zip(prompt_ids, prefixes, self._exclude(rows), rationales, strict=True):
-            forced = [[] if r.closed else close_ids for r in group]
+            forced = [r.forced_close(close_ids) for r in group]
             inputs = [ids + open_ids + r.token_ids + f + prefix for r, f in zip(group, forced, strict=True)]
             input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
             found = constrained_beam_search(
@@ -361,31 +358,29 @@ def make_trainer(args: GRPOScriptArguments, training_args: GRPOConfig) -> tuple[
             "counts it as truncated). Set it to false."
         )
     sft = Path(args.sft_run)
-    run = load_run(sft, trainable=True)
-    dataset_dir = Path(args.dataset_dir or run.config["script_args"]["dataset_dir"])
+    recommender = Recommender.from_pretrained(sft, trainable=True)  # the SFT adapter, kept trainable
+    tokenizer, index = recommender.tokenizer, recommender.index
+    dataset_dir = Path(args.dataset_dir or recommender.config["script_args"]["dataset_dir"])
     dataset = load_dataset(dataset_dir)
-    if dataset.meta["files"]["items.jsonl"] != run.index.catalog_sha256:
+    if dataset.meta["files"]["items.jsonl"] != index.catalog_sha256:
         raise DataError(
             f"{dataset_dir / 'items.jsonl'} is not the catalog {sft / 'sid_index.json'} was built from; pass the "
             "dataset the SFT run was trained on with --dataset_dir."
         )
-    items = read_items(sft / "items.jsonl")
-    recommender = Recommender(run.model, run.tokenizer, run.index, items, run.config, sft / "prompts")
     sequences = {user.user_id: user.train for user in dataset.load_split().users}
     rows = grpo_rows(recommender, sequences, args.max_prompts, args.prompts_seed, args.mode)
     weights = parse_reward_weights(args.rewards)
     training_args.reward_weights = list(weights.values())
-    tokenizer, index = run.tokenizer, run.index
     sid_token_ids = {item: tokenizer.convert_tokens_to_ids(index.sid_tokens(sid)) for item, sid in index.items.items()}
     trainer = SidGRPOTrainer(
-        model=run.model,
-        reward_funcs=make_reward_funcs(list(weights), run.index),
+        model=recommender.model,
+        reward_funcs=make_reward_funcs(list(weights), index),
         args=training_args,
         train_dataset=HFDataset.from_list(rows),
-        processing_class=run.tokenizer,
-        rollout_func=SidRollout(run.tokenizer, recommender.trie, sid_token_ids, args),
+        processing_class=tokenizer,
+        rollout_func=SidRollout(tokenizer, recommender.trie, sid_token_ids, args),
     )
-    return trainer, run.config, len(rows)
+    return trainer, recommender.config, len(rows)
 
 
 def run_grpo(args: GRPOScriptArguments, training_args: GRPOConfig) -> Path:

@@ -22,6 +22,10 @@ class Rationale:
     token_ids: list[int]  # what the model wrote after `<think>`, including its own `</think>` when it closed it
     closed: bool  # the model wrote `</think>` itself within the token budget
 
+    def forced_close(self, close_ids: list[int]) -> list[int]:
+        """The `</think>` ids the decoder appends after this rationale: none when the model closed it itself."""
+        return [] if self.closed else close_ids
+
 
 def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Token id lists -> left-padded `input_ids` and `attention_mask`, both `(B, L)`.

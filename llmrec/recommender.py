@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from llmrec.data.dataset import read_items
 from llmrec.data.io import DataError, sha256_file
 from llmrec.decoding import constrained_beam_search
@@ -43,7 +45,7 @@ class Recommender:
     """A trained run, ready to recommend. Build it with `from_pretrained`."""
 
     def __init__(self, model, tokenizer, index, items: dict[str, Item], config: dict, templates_dir: Path) -> None:
-        self.model, self.tokenizer, self.index, self.items = model, tokenizer, index, items
+        self.model, self.tokenizer, self.index, self.items, self.config = model, tokenizer, index, items, config
         script_args = config["script_args"]
         self.chat, self.max_history = script_args["chat"], script_args["max_history"]
         self.task = script_args.get("eval_task", "seqrec")
@@ -54,9 +56,10 @@ class Recommender:
         self.tokenizer.padding_side = "left"
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, merge: bool = True) -> Recommender:
-        """Load adapter, tokenizer, index, catalog and templates from a run folder and check they belong together."""
-        run = load_run(run_dir, merge=merge)
+    def from_pretrained(cls, run_dir: str | Path, merge: bool = True, trainable: bool = False) -> Recommender:
+        """Load adapter, tokenizer, index, catalog and templates from a run folder and check they belong together;
+        `trainable` keeps the adapter unmerged and trainable (GRPO continues it)."""
+        run = load_run(run_dir, merge=merge and not trainable, trainable=trainable)
         items_path = Path(run_dir) / "items.jsonl"
         if not items_path.is_file():
             raise DataError(f"{items_path} not found; the run folder is incomplete (re-run scripts/sft.py).")
@@ -176,13 +179,13 @@ class Recommender:
         prompt_ids = self.tokenizer([p for p, _ in parts], add_special_tokens=False)["input_ids"]
         prefix_ids = self.tokenizer([a for _, a in parts], add_special_tokens=False)["input_ids"]
         open_ids, close_ids = think_token_ids(self.tokenizer)
-        sid_token_ids = self.tokenizer.convert_tokens_to_ids(self.index.all_tokens())
+        sid_token_ids = torch.cat(self.trie.token_ids).tolist()
         found = generate_rationales(
             self.model, self.tokenizer, prompt_ids, 1, max_think_tokens, sid_token_ids, do_sample=False
         )
         rows, texts = [], []
         for ids, prefix, (rationale,) in zip(prompt_ids, prefix_ids, found, strict=True):
-            written = rationale.token_ids if rationale.closed else rationale.token_ids + close_ids
+            written = rationale.token_ids + rationale.forced_close(close_ids)
             rows.append(ids + open_ids + written + prefix)
             texts.append(self.tokenizer.decode(written, skip_special_tokens=True).replace(THINK_CLOSE, "").strip())
         input_ids, attention_mask = left_pad(rows, self.tokenizer.pad_token_id)

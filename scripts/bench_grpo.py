@@ -14,11 +14,10 @@ start and end of training and the training CPU-minutes, then regenerates the REA
 import argparse
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from bench_quality import trained_run  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from llmrec.data.dataset import load_dataset
@@ -27,18 +26,6 @@ from llmrec.data.io import write_json_atomic
 REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
 README_START, README_END = "<!-- results:grpo:start -->", "<!-- results:grpo:end -->"
-
-
-def trained_grpo(config: Path, out: Path) -> Path:
-    """Train (or resume, or reuse) the GRPO run with `scripts/grpo.py --config CONFIG` in a child process."""
-    if (out / "run_config.json").is_file():
-        return out
-    command = [sys.executable, str(REPO / "scripts" / "grpo.py"), "--config", str(config), "--output_dir", str(out)]
-    if out.is_dir() and any(out.glob("checkpoint-*")):
-        command.append("--resume")
-    logging.info("Training %s", " ".join(command))
-    subprocess.run(command, check=True)
-    return out
 
 
 def reward_window(history: list[dict], first: bool, steps: int = 3) -> float:
@@ -90,7 +77,7 @@ def main(args: argparse.Namespace) -> None:
     sft_run, grpo_out = Path(config["sft_run"]), Path(args.output_dir or config["output_dir"])
     if not (sft_run / "run_config.json").is_file():
         raise SystemExit(f"{sft_run} is not a finished SFT run; train it first (scripts/bench_quality.py or sft.py).")
-    grpo_run = trained_grpo(args.grpo_config, grpo_out)
+    grpo_run = trained_run(args.grpo_config, grpo_out, [], script="grpo.py")
     results = args.results
     raw = results / "raw" / dataset.name
     users = args.max_users

@@ -45,12 +45,13 @@ def cached(path: Path, compute, valid=lambda saved: True) -> dict:
     return result
 
 
-def trained_run(sft_config: Path, out: Path, overrides: list[str]) -> Path:
-    """Train (or resume, or reuse) one llmrec run with the documented entry point, `scripts/sft.py --config
-    SFT_CONFIG --output_dir OUT *overrides`, in a child process. Also used by bench_layers.py."""
+def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sft.py") -> Path:
+    """Train (or resume, or reuse) one llmrec run with a documented entry point, `scripts/SCRIPT --config CONFIG
+    --output_dir OUT *overrides` (sft.py or grpo.py), in a child process. Also used by bench_layers.py and
+    bench_grpo.py."""
     if (out / "run_config.json").is_file():
         return out
-    command = [sys.executable, str(REPO / "scripts" / "sft.py"), "--config", str(sft_config)]
+    command = [sys.executable, str(REPO / "scripts" / script), "--config", str(config)]
     command += ["--output_dir", str(out), *overrides]
     if out.is_dir() and any(out.glob("checkpoint-*")):
         command.append("--resume")
