@@ -7,7 +7,11 @@
 - a step scores only the current level's `K_m` code tokens and takes the allowed codes of all (user, beam) pairs
   from the `SidTrie` tensors in one gather, instead of a Python callback per beam;
 - scores are log-softmax over the full vocabulary, summed over the SID tokens: the same numbers as HF's
-  `sequences_scores` with `length_penalty=0.0`, and the exact log-probability of the item's SID under the model.
+  `sequences_scores` with `length_penalty=0.0`, and the exact log-probability of the item's SID under the model;
+- the beams' KV cache is allocated once, prompt plus SID length (`BeamKVLayer`): a step writes one position in
+  place, and a beam reorder moves only the few SID positions, since all beams of a prompt share its prompt keys.
+  HF's `DynamicCache` concatenates (copies) the whole cache at every step and reorders all of it; on CPU that was
+  half of the decoding time (torch profiler: `cat` 26 %, `index_select` 14 %, matmuls 37 %).
 
 All SIDs have the same length, so there is no EOS, no finished-beam bookkeeping and no length penalty: after `M`
 steps every live beam is a leaf, i.e. one distinct item.
@@ -18,8 +22,69 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from llmrec.trie import SidTrie
+
+
+class BeamKVLayer(DynamicLayer):
+    """One attention layer's KV cache for fixed-length beam search: a `DynamicLayer` during the prefill, then one
+    preallocated `(B * K, H, L + extra, D)` buffer (`expand_for_beams`) that later steps write in place.
+
+    `keys`/`values` are always views of the filled part, so the model sees exactly what a `DynamicLayer` would hold.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.key_buffer is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        start, stop = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if stop > self.key_buffer.shape[-2]:
+            raise RuntimeError(f"beam KV buffer holds {self.key_buffer.shape[-2]} positions, step needs {stop}.")
+        self.key_buffer[:, :, start:stop] = key_states
+        self.value_buffer[:, :, start:stop] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :stop], self.value_buffer[:, :, :stop]
+        return self.keys, self.values
+
+    def expand_for_beams(self, num_beams: int, extra: int) -> None:
+        """Copy each prompt's keys/values to its `num_beams` beams, in a buffer with `extra` free positions."""
+        if not self.is_initialized:
+            return
+        self.key_buffer, self.value_buffer = (self._expand(t, num_beams, extra) for t in (self.keys, self.values))
+        length = self.keys.shape[-2]
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+    @staticmethod
+    def _expand(states: torch.Tensor, num_beams: int, extra: int) -> torch.Tensor:
+        batch, heads, length, dim = states.shape
+        buffer = states.new_empty(batch, num_beams, heads, length + extra, dim)
+        buffer[:, :, :, :length] = states[:, None]  # (B, K, H, L, D): broadcast copy, no repeated intermediate
+        return buffer.view(batch * num_beams, heads, length + extra, dim)
+
+    def reorder_suffix(self, beam_rows: torch.Tensor, start: int) -> None:
+        """Reorder positions `start:` (the generated SID tokens) by `beam_rows`; earlier positions are the prompt,
+        identical for all beams of a prompt, so they stay in place."""
+        stop = self.keys.shape[-2]
+        if self.is_initialized and stop > start:
+            self.key_buffer[:, :, start:stop] = self.key_buffer[beam_rows, :, start:stop]
+            self.value_buffer[:, :, start:stop] = self.value_buffer[beam_rows, :, start:stop]
+
+
+def _beam_cache(model: torch.nn.Module) -> Cache | None:
+    """A `Cache` of `BeamKVLayer`s when every layer of `model` uses a plain (full-attention) dynamic cache; `None`
+    (use the model's default cache) for sliding-window, linear-attention or other special layers."""
+    config = getattr(model, "config", None)
+    try:
+        reference = DynamicCache(config=config)
+    except Exception:  # noqa: BLE001 - unusual configs: fall back to the model's own cache
+        return None
+    if not reference.layers or any(type(layer) is not DynamicLayer for layer in reference.layers):
+        return None
+    return Cache(layers=[BeamKVLayer() for _ in reference.layers])
 
 
 @torch.no_grad()
@@ -64,14 +129,17 @@ def constrained_beam_search(
 
     # Positions count only real tokens, as in HF `generate`, so a left-padded prompt is encoded like an unpadded one.
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # (B, L)
+    beam_cache = _beam_cache(model)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
+        past_key_values=beam_cache,
         use_cache=True,
         logits_to_keep=1,
     )
     cache = out.past_key_values
+    prompt_length = input_ids.shape[1]
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, None, :]  # (B, 1, V), same for all beams
 
     # Beam 0 starts at the root; the others start dead (-inf), so step 0 picks distinct first codes.
@@ -91,13 +159,21 @@ def constrained_beam_search(
         if level == trie.num_levels - 1:
             break  # nodes are leaves now
 
+        beam_rows = (beam_idx + beam_offsets).view(-1)  # (B * K,): row of each new beam's parent
         if level == 0:
             # Every beam descends from the prompt: copy each prompt's cache, mask and positions to its beams.
-            cache.batch_repeat_interleave(num_beams)
+            if beam_cache is not None:
+                for layer in cache.layers:
+                    layer.expand_for_beams(num_beams, extra=trie.num_levels - 1)
+            else:
+                cache.batch_repeat_interleave(num_beams)
             attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)  # (B * K, L)
             position_ids = position_ids.repeat_interleave(num_beams, dim=0)
+        elif beam_cache is not None:
+            for layer in cache.layers:
+                layer.reorder_suffix(beam_rows, start=prompt_length)
         else:
-            cache.reorder_cache((beam_idx + beam_offsets).view(-1))
+            cache.reorder_cache(beam_rows)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch * num_beams, 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1  # (B * K, 1)
         out = model(

@@ -235,3 +235,39 @@ def test_outputs_are_distinct_catalog_items_and_never_excluded(case):
         if num_beams >= len(allowed):  # every prefix fits in the beams: the search is exhaustive
             best = sorted((expected[item_id] for item_id in allowed), reverse=True)[:top_k]
             assert [score for _, score in result] == pytest.approx(best, abs=1e-4)
+
+
+def test_preallocated_beam_cache_matches_the_dynamic_cache(setup, monkeypatch):
+    """The fast path (one preallocated KV buffer, suffix-only reorders) is taken for a plain Llama and returns the
+    same items and scores as HF's `DynamicCache` path it replaces."""
+    import llmrec.decoding as decoding
+
+    tokenizer, _, model, trie = setup
+    assert isinstance(decoding._beam_cache(model).layers[0], decoding.BeamKVLayer)
+    input_ids, attention_mask = encode(tokenizer, PROMPTS)
+    fast = constrained_beam_search(model, input_ids, attention_mask, trie, num_beams=6)
+    monkeypatch.setattr(decoding, "_beam_cache", lambda model: None)
+    slow = constrained_beam_search(model, input_ids, attention_mask, trie, num_beams=6)
+    assert [[item for item, _ in row] for row in fast] == [[item for item, _ in row] for row in slow]
+    for fast_row, slow_row in zip(fast, slow, strict=True):
+        assert [score for _, score in fast_row] == pytest.approx([score for _, score in slow_row], abs=1e-5)
+
+
+def test_sliding_window_models_keep_their_own_cache():
+    from transformers import MistralConfig
+
+    import llmrec.decoding as decoding
+
+    config = MistralConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=4,
+    )
+    assert decoding._beam_cache(torch.nn.Module()) is None  # no config at all
+    model = torch.nn.Module()
+    model.config = config
+    assert decoding._beam_cache(model) is None
