@@ -2,13 +2,16 @@
 
     python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_ml100k.yaml --dataset data/ml-100k
     python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_office.yaml --dataset data/amazon-office
+    python scripts/bench_grpo.py --dataset data/ml-100k \
+        --grpo-config scripts/configs/grpo_ml100k.yaml scripts/configs/grpo_ml100k_gentle.yaml
 
-Trains the GRPO run of `--grpo-config` with `scripts/grpo.py` in a child process (reused if finished, resumed if
-killed; its `sft_run` must exist: train it with scripts/sft.py or scripts/bench_quality.py first), scores the SFT
-run and the GRPO run on the validation and test splits through the constrained decoder (cached per adapter under
-`eval/results/raw/<dataset>/`), and writes `eval/results/grpo_<dataset>.json` and `.md` with the rewards at the
-start and end of training and the training CPU-minutes, then regenerates the README block between the
-`results:grpo` markers (`--readme` does only that).
+Trains the GRPO run of each `--grpo-config` with `scripts/grpo.py` in a child process (reused if finished, resumed
+if killed; all configs continue the same `sft_run`, which must exist: train it with scripts/sft.py or
+scripts/bench_quality.py first), scores the SFT run and every GRPO run on the validation and test splits through
+the constrained decoder (cached per adapter under `eval/results/raw/<dataset>/`), and writes
+`eval/results/grpo_<dataset>.json` and `.md` with each run's settings, rewards at the start and end of training and
+training CPU-minutes, then regenerates the README block between the `results:grpo` markers (`--readme` does only
+that).
 """
 
 import argparse
@@ -36,14 +39,21 @@ def reward_window(history: list[dict], first: bool, steps: int = 3) -> float:
 
 
 def markdown(result: dict) -> str:
-    grpo = result["grpo"]
     lines = [
         f"Dataset `{result['dataset']}`, {result['n_users']} users per split{result['users_note']}, full ranking "
-        f"over {result['n_items']} items, history excluded. GRPO: {grpo['steps']} steps, {grpo['prompts_seen']} "
-        f"prompts x {grpo['num_generations']} rollouts, rewards `{grpo['rewards']}`, rollout `{grpo['rollout']}`, "
-        f"mode `{grpo['mode']}`, beta {grpo['beta']}, lr {grpo['learning_rate']}; {grpo['train_cpu_minutes']} "
-        f"CPU-min. Mean rollout reward {grpo['reward_start']:.3f} (first 3 logged steps) -> "
-        f"{grpo['reward_end']:.3f} (last 3).",
+        f"over {result['n_items']} items, history excluded. SFT run `{result['sft_run']}`. GRPO runs (mean rollout "
+        "reward over the first and the last 3 logged steps):",
+        "",
+        "| GRPO run | steps | prompts x G | rewards | rollout | mode | lr | beta | CPU-min | reward first -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for grpo in result["grpo_runs"]:
+        lines.append(
+            f"| `{grpo['run']}` | {grpo['steps']} | {grpo['prompts_seen']} x {grpo['num_generations']} | "
+            f"`{grpo['rewards']}` | {grpo['rollout']} | {grpo['mode']} | {grpo['learning_rate']:g} | {grpo['beta']} | "
+            f"{grpo['train_cpu_minutes']} | {grpo['reward_start']:.3f} -> {grpo['reward_end']:.3f} |"
+        )
+    lines += [
         "",
         "| run | split | " + " | ".join(SHOWN) + " |",
         "|---|---|" + "---|" * len(SHOWN),
@@ -66,18 +76,50 @@ def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     readme.write_text(f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}", encoding="utf-8")
 
 
+def grpo_summary(run: Path) -> dict:
+    """Settings, rewards and training time of a finished GRPO run, from its run_config and training log."""
+    log = json.loads((run / "training_log.json").read_text(encoding="utf-8"))
+    grpo = json.loads((run / "run_config.json").read_text(encoding="utf-8"))["grpo"]
+    training, script = grpo["training_args"], grpo["script_args"]
+    return {
+        "run": run.name,
+        "path": str(run),
+        "steps": training["max_steps"],
+        "prompts_seen": training["max_steps"] * training["generation_batch_size"] // training["num_generations"],
+        "num_generations": training["num_generations"],
+        "rewards": script["rewards"],
+        "rollout": script["rollout"],
+        "mode": script["mode"],
+        "beta": training["beta"],
+        "learning_rate": training["learning_rate"],
+        "train_cpu_minutes": round(log["train_seconds"] / 60, 1),
+        "reward_start": reward_window(log["log_history"], first=True),
+        "reward_end": reward_window(log["log_history"], first=False),
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     if args.readme:
         update_readme(args.results)
         return
     if args.grpo_config is None or args.dataset is None:
         raise SystemExit("--grpo-config and --dataset are required (or --readme alone).")
-    config = yaml.safe_load(args.grpo_config.read_text(encoding="utf-8"))
-    dataset = load_dataset(args.dataset)
-    sft_run, grpo_out = Path(config["sft_run"]), Path(args.output_dir or config["output_dir"])
+    configs = {path: yaml.safe_load(path.read_text(encoding="utf-8")) for path in args.grpo_config}
+    sft_runs = {Path(config["sft_run"]) for config in configs.values()}
+    if len(sft_runs) != 1:
+        raise SystemExit(f"all --grpo-config files must continue the same sft_run; got {sorted(map(str, sft_runs))}.")
+    if args.output_dir and len(configs) > 1:
+        raise SystemExit("--output-dir names one GRPO run; pass a single --grpo-config with it.")
+    sft_run = sft_runs.pop()
     if not (sft_run / "run_config.json").is_file():
         raise SystemExit(f"{sft_run} is not a finished SFT run; train it first (scripts/bench_quality.py or sft.py).")
-    grpo_run = trained_run(args.grpo_config, grpo_out, [], script="grpo.py")
+    dataset = load_dataset(args.dataset)
+    grpo_runs = [
+        trained_run(path, Path(args.output_dir or config["output_dir"]), [], script="grpo.py")
+        for path, config in configs.items()
+    ]
+    if len({run.resolve() for run in grpo_runs}) != len(grpo_runs):
+        raise SystemExit("two --grpo-config files share an output_dir; give each its own.")
     results = args.results
     raw = results / "raw" / dataset.name
     users = args.max_users
@@ -85,35 +127,22 @@ def main(args: argparse.Namespace) -> None:
         {"run": "most-popular", "split": split, "metrics": evaluate_popularity(dataset, split, max_users=users)}
         for split in ("valid", "test")
     ]
-    for name, run in (("SFT", sft_run), ("SFT + GRPO", grpo_run)):
+    scored = [("SFT", sft_run)] + [(f"SFT + GRPO `{run.name}`", run) for run in grpo_runs]
+    for name, run in scored:
         for split in ("valid", "test"):
             # The full SFT test file is the one bench_quality.py writes for that run, so its cache is shared.
             suffix = ("" if split == "test" else f"_{split}") + (f"_u{args.max_users}" if args.max_users else "")
             out = raw / f"llmrec_{run.name}{suffix}.json"
             metrics = evaluate_run_cached(run, dataset, split, out, max_users=args.max_users, num_beams=args.num_beams)
             rows.append({"run": name, "split": split, "path": str(run), "metrics": metrics})
-    log = json.loads((grpo_run / "training_log.json").read_text(encoding="utf-8"))
-    run_config = json.loads((grpo_run / "run_config.json").read_text(encoding="utf-8"))
-    training = run_config["grpo"]["training_args"]
     result = {
         "dataset": dataset.name,
         "n_users": args.max_users or len(dataset.load_split().users),
         "n_items": len(dataset.items),
         "users_note": f" (the first {args.max_users} of {len(dataset.load_split().users)})" if args.max_users else "",
-        "grpo_config": config,
-        "grpo": {
-            "steps": training["max_steps"],
-            "prompts_seen": training["max_steps"] * training["generation_batch_size"] // training["num_generations"],
-            "num_generations": training["num_generations"],
-            "rewards": run_config["grpo"]["script_args"]["rewards"],
-            "rollout": run_config["grpo"]["script_args"]["rollout"],
-            "mode": run_config["grpo"]["script_args"]["mode"],
-            "beta": training["beta"],
-            "learning_rate": training["learning_rate"],
-            "train_cpu_minutes": round(log["train_seconds"] / 60, 1),
-            "reward_start": reward_window(log["log_history"], first=True),
-            "reward_end": reward_window(log["log_history"], first=False),
-        },
+        "sft_run": str(sft_run),
+        "grpo_configs": {str(path): config for path, config in configs.items()},
+        "grpo_runs": [grpo_summary(run) for run in grpo_runs],
         "rows": rows,
     }
     results.mkdir(parents=True, exist_ok=True)
@@ -127,7 +156,7 @@ def main(args: argparse.Namespace) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grpo-config", type=Path, help="scripts/grpo.py YAML")
+    parser.add_argument("--grpo-config", type=Path, nargs="+", help="scripts/grpo.py YAML(s), same sft_run")
     parser.add_argument("--dataset", type=Path, help="prepared dataset folder of the SFT run")
     parser.add_argument("--output-dir", help="GRPO run folder (default: the YAML's output_dir)")
     parser.add_argument("--num-beams", type=int, help="decoder beams (default 2 x 20)")

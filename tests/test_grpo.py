@@ -173,14 +173,26 @@ def test_bench_grpo_trains_through_the_script_and_scores_both_runs(sft_run, tmp_
         "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "report_to": "none", "logging_steps": 1,
     }  # fmt: skip
     config.write_text(yaml.safe_dump(values))
-    command = [sys.executable, str(REPO / "scripts" / "bench_grpo.py"), "--grpo-config", str(config)]
+    other = tmp_path / "grpo_hit.yaml"  # a second variant of the same SFT run: both are trained and scored
+    other.write_text(yaml.safe_dump({**values, "output_dir": str(tmp_path / "grpo_hit"), "rewards": "hit=1"}))
+    command = [sys.executable, str(REPO / "scripts" / "bench_grpo.py"), "--grpo-config", str(config), str(other)]
     command += ["--dataset", str(sft_run.parent / "data"), "--results", str(tmp_path / "results")]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True)
     result = json.loads((tmp_path / "results" / "grpo_tiny.json").read_text())
     assert [(r["run"], r["split"]) for r in result["rows"]] == [
         ("most-popular", "valid"), ("most-popular", "test"), ("SFT", "valid"), ("SFT", "test"),
-        ("SFT + GRPO", "valid"), ("SFT + GRPO", "test"),
+        ("SFT + GRPO `grpo`", "valid"), ("SFT + GRPO `grpo`", "test"),
+        ("SFT + GRPO `grpo_hit`", "valid"), ("SFT + GRPO `grpo_hit`", "test"),
     ]  # fmt: skip
     assert all(r["metrics"]["n_users"] == 4 for r in result["rows"])
-    assert result["grpo"]["steps"] == 2 and result["grpo"]["train_cpu_minutes"] >= 0
-    assert "| SFT + GRPO | test |" in (tmp_path / "results" / "grpo_tiny.md").read_text()
+    assert [run["rewards"] for run in result["grpo_runs"]] == ["hit=1,rank=1,prefix=0.5", "hit=1"]
+    assert all(run["steps"] == 2 and run["train_cpu_minutes"] >= 0 for run in result["grpo_runs"])
+    table = (tmp_path / "results" / "grpo_tiny.md").read_text()
+    assert "| SFT + GRPO `grpo_hit` | test |" in table and "| `grpo_hit` | 2 | " in table
+
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(yaml.safe_dump(values))
+    failed = subprocess.run(
+        [*command[:2], "--grpo-config", str(config), str(clash), *command[-4:]], cwd=REPO, capture_output=True
+    )
+    assert failed.returncode != 0 and b"share an output_dir" in failed.stderr
