@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from eval.metrics import ranking_metrics
+from eval.metrics import ranking_metrics, target_ranks
 from eval.popularity import MostPopular
 from llmrec.data.dataset import Dataset
 from llmrec.data.io import DataError, sha256_file, write_json_atomic
@@ -105,6 +105,10 @@ def evaluate_run(
         "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
+        # Per user, for paired comparisons of two runs (eval.metrics.paired_bootstrap): 1-based rank of the target
+        # in the top-k list, 0 when absent.
+        "user_ids": [u.user_id for u in users],
+        "target_ranks": target_ranks(ranked, targets).tolist(),
     }
 
 

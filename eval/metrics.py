@@ -39,6 +39,20 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean((ranks >= 1) & (ranks <= k)))
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user NDCG@K: 1[1 <= rank <= K] / log2(rank + 1), shape `(U,)`.
+
+    Examples:
+        >>> ndcg_gains(np.array([1, 3, 0, 12]), 10).tolist()
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    ranks = np.asarray(ranks)
+    hit = (ranks >= 1) & (ranks <= k)
+    gains = np.zeros(len(ranks), dtype=np.float64)  # (U,)
+    gains[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
+    return gains
+
+
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     """NDCG@K = mean over users of 1[1 <= rank <= K] / log2(rank + 1) (ideal DCG is 1 with one target).
 
@@ -46,10 +60,36 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
         >>> round(ndcg_at_k(np.array([1, 3, 0]), 10), 6)  # (1 + 1/log2(4) + 0) / 3
         0.5
     """
-    hit = (ranks >= 1) & (ranks <= k)
-    gains = np.zeros(len(ranks), dtype=np.float64)
-    gains[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
-    return float(gains.mean())
+    return float(ndcg_gains(ranks, k).mean())
+
+
+def paired_bootstrap(
+    before: np.ndarray, after: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Mean of `after - before` over users with a percentile bootstrap interval, resampling users (paired).
+
+    `before` and `after` are per-user scores of two models on the same users in the same order (e.g. `ndcg_gains`).
+    The interval says how much the difference could move with another sample of users of the same kind; an
+    interval that contains 0 means the data do not tell the two models apart.
+
+    Examples:
+        >>> result = paired_bootstrap(np.zeros(200), np.r_[np.ones(100), np.zeros(100)])
+        >>> result["diff"], 0.4 < result["low"] < 0.5 < result["high"] < 0.6
+        (0.5, True)
+    """
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if before.shape != after.shape or before.ndim != 1 or len(before) == 0:
+        raise ValueError(
+            f"paired scores need two equal-length 1-d arrays, got shapes {before.shape} and {after.shape}; score "
+            "both models on the same users."
+        )
+    diffs = after - before  # (U,)
+    generator = np.random.default_rng(seed)
+    samples = generator.integers(0, len(diffs), size=(resamples, len(diffs)))  # (R, U) user indices
+    means = diffs[samples].mean(axis=1)  # (R,)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"diff": float(diffs.mean()), "low": float(low), "high": float(high), "level": level}
 
 
 def mrr_at_k(ranks: np.ndarray, k: int) -> float:

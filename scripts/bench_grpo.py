@@ -9,9 +9,10 @@ Trains the GRPO run of each `--grpo-config` with `scripts/grpo.py` in a child pr
 if killed; all configs continue the same `sft_run`, which must exist: train it with scripts/sft.py or
 scripts/bench_quality.py first), scores the SFT run and every GRPO run on the validation and test splits through
 the constrained decoder (cached per adapter under `eval/results/raw/<dataset>/`), and writes
-`eval/results/grpo_<dataset>.json` and `.md` with each run's settings, rewards at the start and end of training and
-training CPU-minutes, then regenerates the README block between the `results:grpo` markers (`--readme` does only
-that).
+`eval/results/grpo_<dataset>.json` and `.md` with each run's settings, rewards at the start and end of training,
+training CPU-minutes and, per GRPO run and split, the NDCG@10 change against SFT with a paired bootstrap 95 %
+interval over users (evaluations cached before per-user ranks existed show n/a), then regenerates the README
+block between the `results:grpo` markers (`--readme` does only that).
 """
 
 import argparse
@@ -23,6 +24,7 @@ import yaml
 from bench_quality import trained_run  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
+from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
 
@@ -55,11 +57,16 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| run | split | " + " | ".join(SHOWN) + " |",
-        "|---|---|" + "---|" * len(SHOWN),
+        "| run | split | " + " | ".join(SHOWN) + " | ndcg@10 change vs SFT [95% CI] |",
+        "|---|---|" + "---|" * (len(SHOWN) + 1),
     ]
     for row in result["rows"]:
         cells = [f"{row['metrics'][metric]:.4f}" for metric in SHOWN]
+        change = row.get("ndcg@10_change")
+        if change is not None:
+            cells.append(f"{change['diff']:+.4f} [{change['low']:+.4f}, {change['high']:+.4f}]")
+        else:
+            cells.append("n/a (no per-user ranks)" if "ndcg@10_change" in row else "")
         lines.append(f"| {row['run']} | {row['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -74,6 +81,16 @@ def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     body = "\n".join(blocks) if blocks else "No GRPO results yet: run `python scripts/bench_grpo.py`.\n"
     head, rest = text.split(README_START, 1)
     readme.write_text(f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}", encoding="utf-8")
+
+
+def ndcg10_change(before: dict, after: dict) -> dict | None:
+    """Paired bootstrap of the per-user NDCG@10 change from `before` to `after` (two evaluations of the same users),
+    or None when either evaluation predates per-user ranks (re-run it to get the interval)."""
+    if "target_ranks" not in before or "target_ranks" not in after:
+        return None
+    if before["user_ids"] != after["user_ids"]:
+        raise SystemExit("the SFT and GRPO evaluations scored different users; delete their raw files and re-run.")
+    return paired_bootstrap(ndcg_gains(before["target_ranks"], 10), ndcg_gains(after["target_ranks"], 10))
 
 
 def grpo_summary(run: Path) -> dict:
@@ -134,7 +151,11 @@ def main(args: argparse.Namespace) -> None:
             suffix = ("" if split == "test" else f"_{split}") + (f"_u{args.max_users}" if args.max_users else "")
             out = raw / f"llmrec_{run.name}{suffix}.json"
             metrics = evaluate_run_cached(run, dataset, split, out, max_users=args.max_users, num_beams=args.num_beams)
-            rows.append({"run": name, "split": split, "path": str(run), "metrics": metrics})
+            row = {"run": name, "split": split, "path": str(run), "metrics": metrics}
+            if run != sft_run:
+                sft_metrics = next(r["metrics"] for r in rows if r["run"] == "SFT" and r["split"] == split)
+                row["ndcg@10_change"] = ndcg10_change(sft_metrics, metrics)
+            rows.append(row)
     result = {
         "dataset": dataset.name,
         "n_users": args.max_users or len(dataset.load_split().users),

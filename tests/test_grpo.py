@@ -187,6 +187,10 @@ def test_bench_grpo_trains_through_the_script_and_scores_both_runs(sft_run, tmp_
     assert all(r["metrics"]["n_users"] == 4 for r in result["rows"])
     assert [run["rewards"] for run in result["grpo_runs"]] == ["hit=1,rank=1,prefix=0.5", "hit=1"]
     assert all(run["steps"] == 2 and run["train_cpu_minutes"] >= 0 for run in result["grpo_runs"])
+    for row in result["rows"][4:]:  # GRPO rows: paired NDCG@10 change against SFT on the same users
+        change, sft = row["ndcg@10_change"], result["rows"][2 + (row["split"] == "test")]["metrics"]
+        assert change["low"] <= change["diff"] <= change["high"]
+        assert change["diff"] == pytest.approx(row["metrics"]["ndcg@10"] - sft["ndcg@10"])
     table = (tmp_path / "results" / "grpo_tiny.md").read_text()
     assert "| SFT + GRPO `grpo_hit` | test |" in table and "| `grpo_hit` | 2 | " in table
 

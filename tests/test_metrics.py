@@ -8,6 +8,8 @@ from eval.metrics import (
     invalid_rate,
     mrr_at_k,
     ndcg_at_k,
+    ndcg_gains,
+    paired_bootstrap,
     ranking_metrics,
     recall_at_k,
     target_ranks,
@@ -54,3 +56,22 @@ def test_ranking_metrics_keys_and_values():
     assert metrics["ndcg@2"] == pytest.approx(0.5 / math.log2(3))
     assert metrics["coverage@10"] == 0.5
     assert metrics["invalid_rate"] == 0.0
+
+
+def test_paired_bootstrap_interval():
+    same = np.array([1.0, 0.0, 0.5, 0.0])
+    assert paired_bootstrap(same, same) == {"diff": 0.0, "low": 0.0, "high": 0.0, "level": 0.95}
+    gains = ndcg_gains(np.array([1, 0, 3, 0, 2, 0]), 10)
+    better = ndcg_gains(np.array([1, 1, 1, 0, 2, 0]), 10)
+    result = paired_bootstrap(gains, better, resamples=500)
+    assert result["diff"] == pytest.approx((better - gains).mean())
+    assert 0.0 <= result["low"] <= result["diff"] <= result["high"]  # never worse for any user: CI above 0
+    assert paired_bootstrap(gains, better, resamples=500) == result  # seeded
+    assert paired_bootstrap(better, gains, resamples=500)["diff"] == pytest.approx(-result["diff"])
+
+
+def test_paired_bootstrap_needs_the_same_users():
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap(np.zeros(0), np.zeros(0))

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from trl import ModelConfig, SFTConfig
 
@@ -161,6 +162,10 @@ def test_evaluate_run_on_the_test_split(run_dir):
     metrics = evaluate_run(run_dir, dataset, "test", k=3)
     assert metrics["n_users"] == 4 and metrics["invalid_rate"] == 0.0
     assert 0.0 <= metrics["recall@5"] <= 1.0 and metrics["config"]["num_beams"] == 6
+    # Per-user ranks (for paired comparisons) agree with the aggregate metrics.
+    ranks = np.array(metrics["target_ranks"])
+    assert metrics["user_ids"] == [u.user_id for u in dataset.load_split().users]
+    assert ((ranks >= 1) & (ranks <= 5)).mean() == pytest.approx(metrics["recall@5"])
     other = prepare(make_raw(), run_dir.parent / "other-data")
     other.meta["files"]["items.jsonl"] = "0" * 64
     with pytest.raises(DataError, match="another catalog"):
