@@ -144,6 +144,7 @@ def main(args: argparse.Namespace) -> None:
         {"run": "most-popular", "split": split, "metrics": evaluate_popularity(dataset, split, max_users=users)}
         for split in ("valid", "test")
     ]
+    sft_metrics_by_split: dict[str, dict] = {}
     scored = [("SFT", sft_run)] + [(f"SFT + GRPO `{run.name}`", run) for run in grpo_runs]
     for name, run in scored:
         for split in ("valid", "test"):
@@ -151,10 +152,13 @@ def main(args: argparse.Namespace) -> None:
             suffix = ("" if split == "test" else f"_{split}") + (f"_u{args.max_users}" if args.max_users else "")
             out = raw / f"llmrec_{run.name}{suffix}.json"
             metrics = evaluate_run_cached(run, dataset, split, out, max_users=args.max_users, num_beams=args.num_beams)
-            row = {"run": name, "split": split, "path": str(run), "metrics": metrics}
-            if run != sft_run:
-                sft_metrics = next(r["metrics"] for r in rows if r["run"] == "SFT" and r["split"] == split)
-                row["ndcg@10_change"] = ndcg10_change(sft_metrics, metrics)
+            per_user = ("user_ids", "target_ranks")  # kept in the raw file only
+            summary = {key: value for key, value in metrics.items() if key not in per_user}
+            row = {"run": name, "split": split, "path": str(run), "metrics": summary}
+            if run == sft_run:
+                sft_metrics_by_split[split] = metrics
+            else:
+                row["ndcg@10_change"] = ndcg10_change(sft_metrics_by_split[split], metrics)
             rows.append(row)
     result = {
         "dataset": dataset.name,
