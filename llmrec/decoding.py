@@ -29,13 +29,18 @@ from llmrec.trie import SidTrie
 
 class BeamKVLayer(DynamicLayer):
     """One attention layer's KV cache for fixed-length beam search: a `DynamicLayer` during the prefill, then one
-    preallocated `(B * K, H, L + extra, D)` buffer (`expand_for_beams`) that later steps write in place.
+    preallocated `(B * K, H, L + extra, D)` buffer that later steps write in place.
 
-    `keys`/`values` are always views of the filled part, so the model sees exactly what a `DynamicLayer` would hold.
+    It keeps the `DynamicLayer` interface the search calls: `batch_repeat_interleave` copies each prompt's keys to
+    its beams into the buffer, and `reorder_cache` moves only the positions after the prompt, because beam search
+    reorders beams within their own prompt, whose prompt keys are identical. `keys`/`values` are always views of the
+    filled part, so the model sees exactly what a `DynamicLayer` would hold.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra: int) -> None:
         super().__init__()
+        self.extra = extra  # positions to reserve after the prompt: the SID tokens still to be fed
+        self.prompt_length = 0
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
 
@@ -50,33 +55,36 @@ class BeamKVLayer(DynamicLayer):
         self.keys, self.values = self.key_buffer[:, :, :stop], self.value_buffer[:, :, :stop]
         return self.keys, self.values
 
-    def expand_for_beams(self, num_beams: int, extra: int) -> None:
-        """Copy each prompt's keys/values to its `num_beams` beams, in a buffer with `extra` free positions."""
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Copy each prompt's keys/values to its `repeats` beams, in a buffer with `extra` free positions."""
         if not self.is_initialized:
             return
-        self.key_buffer, self.value_buffer = (self._expand(t, num_beams, extra) for t in (self.keys, self.values))
-        length = self.keys.shape[-2]
-        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+        self.prompt_length = self.keys.shape[-2]
+        self.key_buffer, self.value_buffer = (self._expand(t, repeats, self.extra) for t in (self.keys, self.values))
+        self.keys = self.key_buffer[:, :, : self.prompt_length]
+        self.values = self.value_buffer[:, :, : self.prompt_length]
 
     @staticmethod
-    def _expand(states: torch.Tensor, num_beams: int, extra: int) -> torch.Tensor:
+    def _expand(states: torch.Tensor, repeats: int, extra: int) -> torch.Tensor:
         batch, heads, length, dim = states.shape
-        buffer = states.new_empty(batch, num_beams, heads, length + extra, dim)
+        buffer = states.new_empty(batch, repeats, heads, length + extra, dim)
         buffer[:, :, :, :length] = states[:, None]  # (B, K, H, L, D): broadcast copy, no repeated intermediate
-        return buffer.view(batch * num_beams, heads, length + extra, dim)
+        return buffer.view(batch * repeats, heads, length + extra, dim)
 
-    def reorder_suffix(self, beam_rows: torch.Tensor, start: int) -> None:
-        """Reorder positions `start:` (the generated SID tokens) by `beam_rows`; earlier positions are the prompt,
-        identical for all beams of a prompt, so they stay in place."""
-        stop = self.keys.shape[-2]
-        if self.is_initialized and stop > start:
-            self.key_buffer[:, :, start:stop] = self.key_buffer[beam_rows, :, start:stop]
-            self.value_buffer[:, :, start:stop] = self.value_buffer[beam_rows, :, start:stop]
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder the generated positions (after the prompt) by `beam_idx`, which must map every beam to a beam of
+        the same prompt; the prompt positions are identical for those beams, so they stay in place."""
+        if self.key_buffer is None:  # not expanded to beams yet: a plain dynamic layer
+            return super().reorder_cache(beam_idx)
+        start, stop = self.prompt_length, self.keys.shape[-2]
+        self.key_buffer[:, :, start:stop] = self.key_buffer[beam_idx, :, start:stop]
+        self.value_buffer[:, :, start:stop] = self.value_buffer[beam_idx, :, start:stop]
 
 
-def _beam_cache(model: torch.nn.Module) -> Cache | None:
-    """A `Cache` of `BeamKVLayer`s when every layer of `model` uses a plain (full-attention) dynamic cache; `None`
-    (use the model's default cache) for sliding-window, linear-attention or other special layers."""
+def _beam_cache(model: torch.nn.Module, extra: int) -> Cache | None:
+    """A `Cache` of `BeamKVLayer`s reserving `extra` positions after the prompt, when every layer of `model` uses a
+    plain (full-attention) dynamic cache; `None` (use the model's default cache) for sliding-window,
+    linear-attention or other special layers."""
     config = getattr(model, "config", None)
     try:
         reference = DynamicCache(config=config)
@@ -84,7 +92,7 @@ def _beam_cache(model: torch.nn.Module) -> Cache | None:
         return None
     if not reference.layers or any(type(layer) is not DynamicLayer for layer in reference.layers):
         return None
-    return Cache(layers=[BeamKVLayer() for _ in reference.layers])
+    return Cache(layers=[BeamKVLayer(extra) for _ in reference.layers])
 
 
 @torch.no_grad()
@@ -129,17 +137,15 @@ def constrained_beam_search(
 
     # Positions count only real tokens, as in HF `generate`, so a left-padded prompt is encoded like an unpadded one.
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # (B, L)
-    beam_cache = _beam_cache(model)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=beam_cache,
+        past_key_values=_beam_cache(model, extra=trie.num_levels - 1),
         use_cache=True,
         logits_to_keep=1,
     )
     cache = out.past_key_values
-    prompt_length = input_ids.shape[1]
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, None, :]  # (B, 1, V), same for all beams
 
     # Beam 0 starts at the root; the others start dead (-inf), so step 0 picks distinct first codes.
@@ -159,21 +165,13 @@ def constrained_beam_search(
         if level == trie.num_levels - 1:
             break  # nodes are leaves now
 
-        beam_rows = (beam_idx + beam_offsets).view(-1)  # (B * K,): row of each new beam's parent
         if level == 0:
             # Every beam descends from the prompt: copy each prompt's cache, mask and positions to its beams.
-            if beam_cache is not None:
-                for layer in cache.layers:
-                    layer.expand_for_beams(num_beams, extra=trie.num_levels - 1)
-            else:
-                cache.batch_repeat_interleave(num_beams)
+            cache.batch_repeat_interleave(num_beams)
             attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)  # (B * K, L)
             position_ids = position_ids.repeat_interleave(num_beams, dim=0)
-        elif beam_cache is not None:
-            for layer in cache.layers:
-                layer.reorder_suffix(beam_rows, start=prompt_length)
         else:
-            cache.reorder_cache(beam_rows)
+            cache.reorder_cache((beam_idx + beam_offsets).view(-1))
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch * num_beams, 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1  # (B * K, 1)
         out = model(

@@ -62,7 +62,7 @@ def eval_setting_seconds_per_user(recommender: Recommender, histories: list, bea
     """Seconds per user for top-20 with 40 beams at batch 8 (what `eval/evaluate.py` runs), with our preallocated
     beam KV cache or with HF's `DynamicCache` (concatenate per step, reorder everything)."""
     default = llmrec.decoding._beam_cache
-    llmrec.decoding._beam_cache = default if beam_cache else (lambda model: None)
+    llmrec.decoding._beam_cache = default if beam_cache else (lambda model, extra: None)
     try:
         started = time.perf_counter()
         recommender.recommend_batch(histories, k=20, num_beams=40, batch_size=8)

@@ -243,10 +243,10 @@ def test_preallocated_beam_cache_matches_the_dynamic_cache(setup, monkeypatch):
     import llmrec.decoding as decoding
 
     tokenizer, _, model, trie = setup
-    assert isinstance(decoding._beam_cache(model).layers[0], decoding.BeamKVLayer)
+    assert isinstance(decoding._beam_cache(model, extra=2).layers[0], decoding.BeamKVLayer)
     input_ids, attention_mask = encode(tokenizer, PROMPTS)
     fast = constrained_beam_search(model, input_ids, attention_mask, trie, num_beams=6)
-    monkeypatch.setattr(decoding, "_beam_cache", lambda model: None)
+    monkeypatch.setattr(decoding, "_beam_cache", lambda model, extra: None)
     slow = constrained_beam_search(model, input_ids, attention_mask, trie, num_beams=6)
     assert [[item for item, _ in row] for row in fast] == [[item for item, _ in row] for row in slow]
     for fast_row, slow_row in zip(fast, slow, strict=True):
@@ -267,7 +267,7 @@ def test_sliding_window_models_keep_their_own_cache():
         num_key_value_heads=1,
         sliding_window=4,
     )
-    assert decoding._beam_cache(torch.nn.Module()) is None  # no config at all
+    assert decoding._beam_cache(torch.nn.Module(), extra=2) is None  # no config at all
     model = torch.nn.Module()
     model.config = config
-    assert decoding._beam_cache(model) is None
+    assert decoding._beam_cache(model, extra=2) is None
