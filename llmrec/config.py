@@ -41,6 +41,9 @@ class SFTScriptArguments:
         prompts_seed (`int`, *optional*, defaults to `42`): seed for sampling and paraphrase choice.
         eval_task (`str`, *optional*, defaults to `"seqrec"`): next-item task of the validation prompts and of
             inference: `seqrec` (history in the prompt) or `sequence` (the model continues the history's SIDs).
+        item_separator (`str`, *optional*, defaults to `", "`): text between the SIDs of a list of items. SIDs have
+            a fixed number of tokens, so `""` is unambiguous: with `", "` (two tokens) a 3-level SID costs 5 tokens
+            per item, with `""` 3, which makes `sequence` training and prompt prefill about 1.6x cheaper.
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -58,6 +61,7 @@ class SFTScriptArguments:
     eval_task: str = field(
         default="seqrec", metadata={"help": "next-item task for validation and inference: seqrec or sequence"}
     )
+    item_separator: str = field(default=", ", metadata={"help": "text between the SIDs of a list of items"})
 
     def __post_init__(self) -> None:
         mix = parse_task_mix(self.tasks)

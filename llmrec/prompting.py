@@ -61,6 +61,8 @@ class PromptConfig:
         seed (`int`, *optional*, defaults to `42`).
         eval_task (`str`, *optional*, defaults to `"seqrec"`): the next-item task of the validation/test rows and
             of inference, `"seqrec"` (history in the prompt) or `"sequence"` (history continued in the completion).
+        item_separator (`str`, *optional*, defaults to `", "`): text between the SIDs of a list of items (`""` is
+            unambiguous: every SID has the same number of tokens).
     """
 
     tasks: dict[str, int] = field(
@@ -73,6 +75,7 @@ class PromptConfig:
     eval_templates: str = "first"
     seed: int = 42
     eval_task: str = "seqrec"
+    item_separator: str = ", "
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -187,8 +190,8 @@ class PromptRenderer:
 
     def sequence_values(self, history: tuple[str, ...] | list[str], target: str) -> dict[str, str]:
         return {
-            "history": ", ".join(self.sid(item_id) for item_id in history),
-            "sequence": ", ".join(self.sid(item_id) for item_id in [*history, target]),
+            "history": self.config.item_separator.join(self.sid(item_id) for item_id in history),
+            "sequence": self.config.item_separator.join(self.sid(item_id) for item_id in [*history, target]),
             "history_titles": "; ".join(self.items[item_id].title for item_id in history),
             "target_sid": self.sid(target),
             "target_title": self.items[target].title,

@@ -49,6 +49,7 @@ class Recommender:
         script_args = config["script_args"]
         self.chat, self.max_history = script_args["chat"], script_args["max_history"]
         self.task = script_args.get("eval_task", "seqrec")
+        self.separator = script_args.get("item_separator", ", ")  # runs made before the option used ", "
         self.max_think_tokens = config.get("grpo", {}).get("script_args", {}).get("max_think_tokens", 64)
         templates, self.system = load_templates(templates_dir, [self.task])
         self.template = templates[self.task].templates[0][0]
@@ -78,8 +79,9 @@ class Recommender:
 
     def prompt_parts(self, history: list[str]) -> tuple[str, str]:
         """(prompt, answer prefix) for one history: the answer prefix is the start of the answer the model was trained
-        to write before the next SID (the history's SIDs and ", " for `sequence` runs, empty for `seqrec`)."""
-        recent = ", ".join(self.index.format(self.index.items[i]) for i in history[-self.max_history :])
+        to write before the next SID (for `sequence` runs the history's SIDs and the item separator; empty for
+        `seqrec`)."""
+        recent = self.separator.join(self.index.format(self.index.items[i]) for i in history[-self.max_history :])
         text = self.template.format(history=recent)
         if not self.chat:
             prompt = PLAIN_FORMAT.format(prompt=text)
@@ -89,7 +91,7 @@ class Recommender:
             ]
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # `sequence` runs were trained with the history as the start of the answer: continue it.
-        return prompt, recent + ", " if self.task == "sequence" else ""
+        return prompt, recent + self.separator if self.task == "sequence" else ""
 
     def check_history(self, history: list[str], skip_unknown: bool) -> list[str]:
         unknown = [item_id for item_id in history if item_id not in self.index.items]

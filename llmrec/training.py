@@ -165,6 +165,7 @@ def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> P
         chat=args.chat,
         seed=args.prompts_seed,
         eval_task=args.eval_task,
+        item_separator=args.item_separator,
     )
     out.mkdir(parents=True, exist_ok=True)
     prompt_dir = out / "prompt_data"

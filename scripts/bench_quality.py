@@ -1,7 +1,8 @@
 """Quality benchmark: most-popular, SASRec (RecBole 1.2.1) and llmrec on the same split, several seeds.
 
     python scripts/bench_quality.py --dataset data/ml-100k --sft-config scripts/configs/sft_ml100k.yaml
-    python scripts/bench_quality.py --dataset data/amazon-office --sft-config scripts/configs/sft_office.yaml
+    python scripts/bench_quality.py --dataset data/amazon-office \
+        --sft-config scripts/configs/sft_office.yaml scripts/configs/sft_office_3ep.yaml   # one row per recipe
     python scripts/bench_quality.py --readme    # only regenerate the README's results section
 
 For each seed: SASRec is trained and scored in our harness (history items masked, like every row), and an
@@ -155,28 +156,28 @@ def main(args: argparse.Namespace) -> None:
             {"name": "SASRec (RecBole)", "per_seed": rows, "summary": summary(rows), "train_cpu_minutes": minutes}
         )
 
-    if args.sft_config:
+    for sft_config in args.sft_config or []:
         rows, train_seconds = [], []
         for seed in args.llmrec_seeds or args.seeds:
-            name = f"{args.sft_config.stem}-seed{seed}"  # one run per recipe and seed
+            name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
             overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
             overrides += ["--index_path", str(dataset.path / "sid_index.json")]
-            run = trained_run(args.sft_config, args.runs / dataset.name / name, overrides)
+            run = trained_run(sft_config, args.runs / dataset.name / name, overrides)
             rows.append(
                 evaluate_run_cached(run, dataset, "test", raw / f"llmrec_{name}.json", num_beams=args.num_beams)
             )
             rows[-1]["seed"] = seed
             train_seconds.append(json.loads((run / "training_log.json").read_text())["train_seconds"])
-        recipe = yaml.safe_load(args.sft_config.read_text())
+        recipe = yaml.safe_load(sft_config.read_text())
         layers = recipe.get("keep_layers") or "all"
         models.append(
             {
-                "name": f"llmrec ({recipe.get('model_name_or_path', 'smollm2')}, {layers} layers)",
+                "name": f"llmrec `{sft_config.stem}` ({recipe.get('model_name_or_path', 'smollm2')}, {layers} layers)",
                 "per_seed": rows,
                 "summary": summary(rows),
                 "train_cpu_minutes": round(statistics.fmean(train_seconds) / 60, 1),
                 "sft_config": recipe,
-                "sft_config_path": str(args.sft_config),
+                "sft_config_path": str(sft_config),
             }
         )
 
@@ -199,7 +200,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, help="prepared dataset folder with its sid_index.json")
-    parser.add_argument("--sft-config", type=Path, help="scripts/sft.py YAML of the llmrec runs (omit: no llmrec row)")
+    parser.add_argument("--sft-config", type=Path, nargs="+", help="scripts/sft.py YAML(s), one llmrec row each")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--sasrec-seeds", type=int, nargs="+", help="seeds for SASRec only (default: --seeds)")
     parser.add_argument("--llmrec-seeds", type=int, nargs="+", help="seeds for llmrec only (default: --seeds)")

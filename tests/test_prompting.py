@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,11 @@ def test_sequence_rows_come_from_training_sequences_only(tiny_dataset, tiny_inde
     valid_u1 = next(row for row in splits["valid"] if row["user_id"] == "u1")
     assert valid_u1["completion"] == f"{sid['b']}, {sid['c']}, {sid['d']}"  # history (max 2) + validation item
     assert {r["task"] for r in splits["valid"] + splits["test"]} == {"sequence"}
+    # SIDs have a fixed length, so runs can also be written without a separator (3 tokens per item, not 5).
+    joined = render_splits(tiny_dataset, index, replace(config, item_separator=""))
+    assert sorted(r["completion"] for r in joined["train"]) == sorted(
+        [sid["a"] + sid["b"] + sid["c"], sid["c"] + sid["a"]]
+    )
 
 
 def test_item_tasks_plain_format_and_limits(tiny_dataset, tiny_index):

@@ -1,6 +1,7 @@
 """The inference API on a tiny trained run: valid items, exclusion, batching, and every documented error."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -49,10 +50,17 @@ def run_dir(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("rec"))
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["chat", "plain"])
+@pytest.fixture(
+    scope="module", params=[(True, ", "), (False, ", "), (False, "")], ids=["chat", "plain", "plain-no-separator"]
+)
 def sequence_run_dir(tmp_path_factory, request):
+    chat, separator = request.param
     return train_tiny_run(
-        tmp_path_factory.mktemp("seq"), tasks="sequence=0,item2sid=0", eval_task="sequence", chat=request.param
+        tmp_path_factory.mktemp("seq"),
+        tasks="sequence=0,item2sid=0",
+        eval_task="sequence",
+        chat=chat,
+        item_separator=separator,
     )
 
 
@@ -103,7 +111,11 @@ def test_sequence_run_continues_the_history_exactly_as_trained(sequence_run_dir)
     assert rows and all(row["task"] == "sequence" for row in rows)
     for row in rows:
         sids = row["completion"][0]["content"] if recommender.chat else row["completion"]
-        history_sids = sids.split(", ")[:-1]
+        tokens = re.findall(r"<[a-z]_\d+>", sids)
+        levels = recommender.index.num_levels
+        item_sids = ["".join(tokens[i : i + levels]) for i in range(0, len(tokens), levels)]
+        assert sids == recommender.separator.join(item_sids)  # the saved separator is the one training used
+        history_sids, target_sid = item_sids[:-1], item_sids[-1]
         item_of = recommender.index.item_of()
         history = [item_of[recommender.index.parse(sid)] for sid in history_sids]
         if recommender.chat:
@@ -111,7 +123,6 @@ def test_sequence_run_continues_the_history_exactly_as_trained(sequence_run_dir)
         else:
             full = row["prompt"] + row["completion"]
         prompt = recommender.prompt(history)
-        target_sid = sids.split(", ")[-1]
         assert full.startswith(prompt + target_sid)
         prompt_ids = tokenizer(prompt + target_sid, add_special_tokens=False)["input_ids"]
         assert tokenizer(full, add_special_tokens=False)["input_ids"][: len(prompt_ids)] == prompt_ids
