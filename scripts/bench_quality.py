@@ -92,12 +92,16 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [model["name"] for model in result["models"]]
+    # Short labels: an llmrec row is named by its recipe (the table has the model and depth).
+    names = [model["name"].split(" (")[0].replace("`", "") for model in result["models"]]
+    colors = {"most-popular": "#999999", "SASRec": "#4c72b0"}
+    llmrec_colors = iter(["#dd8452", "#c44e52", "#8172b3", "#937860", "#da8bc3"] * 4)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    bar_colors = [colors.get(name, None) or next(llmrec_colors) for name in names]
     for ax, metric in zip(axes, ("recall@10", "ndcg@10"), strict=True):
         means = [model["summary"][metric]["mean"] for model in result["models"]]
         stds = [model["summary"][metric]["std"] for model in result["models"]]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=["#999999", "#4c72b0", "#dd8452"][: len(names)])
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=bar_colors)
         ax.set_xticks(range(len(names)), names, rotation=15, ha="right", fontsize=8)
         ax.set_title(f"{result['dataset']}: test {metric}")
     fig.tight_layout()
