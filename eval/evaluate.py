@@ -43,9 +43,13 @@ def evaluate_popularity(
     model = MostPopular(loo, dataset.items)
     started = time.perf_counter()
     examples = loo.examples(split)[:max_users] if max_users else loo.examples(split)
-    metrics = evaluate_examples(
-        lambda example, k: model.recommend(example.seen, k, exclude_seen), examples, dataset.items
-    )
+    ranked: list[list[str]] = []
+
+    def recommend(example: Example, k: int) -> list[str]:
+        ranked.append(model.recommend(example.seen, k, exclude_seen))
+        return ranked[-1]
+
+    metrics = evaluate_examples(recommend, examples, dataset.items)
     return {
         "model": "most-popular",
         "dataset": dataset.name,
@@ -54,7 +58,14 @@ def evaluate_popularity(
         "config": {"exclude_seen": exclude_seen, "max_history": loo.max_history},
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
+        **per_user_ranks([e.user_id for e in examples], ranked, [e.target for e in examples]),
     }
+
+
+def per_user_ranks(user_ids: list[str], ranked: list[list[str]], targets: list[str]) -> dict[str, list]:
+    """`user_ids` and the 1-based rank of each target in its top-k list (0 when absent), for paired comparisons of
+    two models on the same users (`eval.metrics.paired_bootstrap`)."""
+    return {"user_ids": list(user_ids), "target_ranks": target_ranks(ranked, targets).tolist()}
 
 
 def save_metrics(metrics: dict, path: str | Path) -> None:
@@ -105,10 +116,7 @@ def evaluate_run(
         "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
-        # Per user, for paired comparisons of two runs (eval.metrics.paired_bootstrap): 1-based rank of the target
-        # in the top-k list, 0 when absent.
-        "user_ids": [u.user_id for u in users],
-        "target_ranks": target_ranks(ranked, targets).tolist(),
+        **per_user_ranks([u.user_id for u in users], ranked, targets),
     }
 
 

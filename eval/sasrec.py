@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eval.evaluate import per_user_ranks
 from eval.metrics import ranking_metrics
 from llmrec.data.dataset import Dataset
 from llmrec.data.io import DataError, atomic_dir
@@ -468,4 +469,5 @@ def evaluate_sasrec(
         "best_valid_ndcg10": fit["best_valid_result"]["ndcg@10"],
         "recbole_reported": {key: float(value) for key, value in reported.items()},
         "epoch_log": fit["history"],
+        **per_user_ranks([e.user_id for e in examples], ranked, [e.target for e in examples]),
     }

@@ -11,7 +11,9 @@ if killed) and scored through the constrained decoder. Every per-seed result is 
 `eval/results/raw/`, so a rerun only computes what is missing. Writes `eval/results/quality_<dataset>.json`
 (per-seed metrics, mean and standard deviation, training CPU-minutes, configs and checksums), `quality_<dataset>.md`
 and `quality_<dataset>.png`, then regenerates the README section between the `results:quality` markers from
-every `quality_*.json`.
+every `quality_*.json`. Each llmrec row is also compared with SASRec user by user (NDCG@10, paired bootstrap 95 %
+interval) when both have per-user ranks in their raw files (results cached before those were stored lack them:
+delete such a raw file to recompute it).
 """
 
 import argparse
@@ -22,9 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics
+from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
 
@@ -70,6 +74,34 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+PER_USER = ("user_ids", "target_ranks")  # kept in eval/results/raw/, left out of the summary JSON
+
+
+def mean_user_gains(rows: list[dict]) -> tuple[list[str], np.ndarray] | None:
+    """Per-user NDCG@10 averaged over a model's seeds, with the user order; `None` if a row lacks per-user ranks
+    (cached before they were stored: delete that raw file to recompute it)."""
+    if not all("target_ranks" in row for row in rows):
+        return None
+    users = rows[0]["user_ids"]
+    if any(row["user_ids"] != users for row in rows):
+        raise ValueError("per-seed results list different users; re-run them on the same split.")
+    return users, np.mean([ndcg_gains(np.array(row["target_ranks"]), 10) for row in rows], axis=0)  # (U,)
+
+
+def versus_sasrec(models: list[dict]) -> None:
+    """Add `ndcg@10_vs_sasrec` to every llmrec model: its per-user NDCG@10 minus SASRec's (each averaged over its
+    seeds), mean and paired-bootstrap 95 % interval over users. The seed spread is the table's ± std."""
+    sasrec = next((m for m in models if m["name"].startswith("SASRec")), None)
+    reference = mean_user_gains(sasrec["per_seed"]) if sasrec else None
+    for model in models:
+        if not model["name"].startswith("llmrec") or reference is None:
+            continue
+        ours = mean_user_gains(model["per_seed"])
+        if ours is None or ours[0] != reference[0]:
+            continue
+        model["ndcg@10_vs_sasrec"] = paired_bootstrap(reference[1], ours[1])
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"Dataset `{result['dataset']}`, test split, {result['n_users']} users, full ranking over "
@@ -83,6 +115,12 @@ def markdown(result: dict) -> str:
         cells = [f"{model['summary'][n]['mean']:.4f} ± {model['summary'][n]['std']:.4f}" for n in SHOWN]
         minutes = model.get("train_cpu_minutes")
         lines.append(f"| {model['name']} | {len(model['per_seed'])} | " + " | ".join(cells) + f" | {minutes or '-'} |")
+    compared = [model for model in result["models"] if "ndcg@10_vs_sasrec" in model]
+    if compared:
+        lines += ["", "NDCG@10 minus SASRec's per user (each averaged over its seeds), paired bootstrap 95 % CI:"]
+        for model in compared:
+            diff = model["ndcg@10_vs_sasrec"]
+            lines.append(f"- {model['name']}: {diff['diff']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +223,9 @@ def main(args: argparse.Namespace) -> None:
             }
         )
 
+    versus_sasrec(models)
+    for model in models:
+        model["per_seed"] = [{k: v for k, v in row.items() if k not in PER_USER} for row in model["per_seed"]]
     result = {
         "dataset": dataset.name,
         "split": "test",

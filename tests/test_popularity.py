@@ -27,3 +27,4 @@ def test_evaluate_popularity_on_tiny_dataset(tiny_dataset):
     assert metrics["mrr@10"] == pytest.approx((1 + 1 + 1 + 1 / 3) / 4)
     assert metrics["invalid_rate"] == 0.0
     assert metrics["config"]["exclude_seen"] is True
+    assert metrics["user_ids"] == ["u1", "u2", "u3", "u4"] and metrics["target_ranks"] == [1, 1, 1, 3]  # per user

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from eval.metrics import ndcg_gains
 from eval.sasrec import export_atomic, rank_examples, recbole_name
 from llmrec.data.importers.common import RawData
 from llmrec.data.io import DataError
@@ -191,6 +193,10 @@ def test_evaluate_sasrec_end_to_end(seq_dataset, tmp_path, monkeypatch, one_torc
     assert config["seed"] == 3 and config["hidden_size"] == 8 and config["MAX_ITEM_LIST_LENGTH"] == 20
     assert config["loss_type"] == "CE" and config["exclude_seen"] is True and config["learning_rate"] == 1e-3
     assert metrics["dataset_sha256"] == seq_dataset.meta["files"]
+    # Per-user ranks (for paired comparisons) agree with the aggregate metrics.
+    ranks = np.array(metrics["target_ranks"])
+    assert len(metrics["user_ids"]) == len(ranks) == 4 and ranks.min() >= 0 and ranks.max() <= 20
+    assert ndcg_gains(ranks, 10).mean() == pytest.approx(metrics["ndcg@10"])
     json.dumps(metrics)  # saved as metrics.json by the caller
     # RecBole wrote under the work dir only: atomic files and TensorBoard events, nothing in the cwd.
     assert list(cwd.iterdir()) == []
