@@ -23,16 +23,18 @@ RecommendFn = Callable[[Example, int], list[str]]
 
 def evaluate_examples(
     recommend: RecommendFn, examples: list[Example], catalog: dict, k: int = 20, desc: str = "evaluate"
-) -> dict[str, float]:
-    """Rank the full catalog for every example with `recommend(example, k)` and compute the metrics at K<=`k`.
+) -> dict:
+    """Rank the full catalog for every example with `recommend(example, k)` and compute the metrics at K<=`k`, plus
+    the per-user ranks (`per_user_ranks`).
 
     `k` is capped at the catalog size, so tiny catalogs still evaluate.
     """
     k = min(k, len(catalog))
     ranked = [recommend(example, k) for example in tqdm(examples, desc=desc, unit="user", mininterval=1.0)]
-    metrics = ranking_metrics(ranked, [example.target for example in examples], catalog, ks=(5, 10, 20))
+    targets = [example.target for example in examples]
+    metrics = ranking_metrics(ranked, targets, catalog, ks=(5, 10, 20))
     metrics["n_users"] = len(examples)
-    return metrics
+    return {**metrics, **per_user_ranks([example.user_id for example in examples], ranked, targets)}
 
 
 def evaluate_popularity(
@@ -43,13 +45,9 @@ def evaluate_popularity(
     model = MostPopular(loo, dataset.items)
     started = time.perf_counter()
     examples = loo.examples(split)[:max_users] if max_users else loo.examples(split)
-    ranked: list[list[str]] = []
-
-    def recommend(example: Example, k: int) -> list[str]:
-        ranked.append(model.recommend(example.seen, k, exclude_seen))
-        return ranked[-1]
-
-    metrics = evaluate_examples(recommend, examples, dataset.items)
+    metrics = evaluate_examples(
+        lambda example, k: model.recommend(example.seen, k, exclude_seen), examples, dataset.items
+    )
     return {
         "model": "most-popular",
         "dataset": dataset.name,
@@ -58,7 +56,6 @@ def evaluate_popularity(
         "config": {"exclude_seen": exclude_seen, "max_history": loo.max_history},
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),
-        **per_user_ranks([e.user_id for e in examples], ranked, [e.target for e in examples]),
     }
 
 
