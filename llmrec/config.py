@@ -44,6 +44,10 @@ class SFTScriptArguments:
         item_separator (`str`, *optional*, defaults to `", "`): text between the SIDs of a list of items. SIDs have
             a fixed number of tokens, so `""` is unambiguous: with `", "` (two tokens) a 3-level SID costs 5 tokens
             per item, with `""` 3, which makes `sequence` training and prompt prefill about 1.6x cheaper.
+        sid_softmax (`bool`, *optional*, defaults to `False`): normalise the next-token distribution over the run's
+            output vocabulary (SID tokens, EOS and the training completions' other tokens) instead of the whole
+            vocabulary, in training and in decoding: the LM head projects onto a few hundred rows instead of tens of
+            thousands (`llmrec.sid_softmax`). Meant for task mixes whose answers are SIDs (`sequence`, `seqrec`).
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -62,6 +66,9 @@ class SFTScriptArguments:
         default="seqrec", metadata={"help": "next-item task for validation and inference: seqrec or sequence"}
     )
     item_separator: str = field(default=", ", metadata={"help": "text between the SIDs of a list of items"})
+    sid_softmax: bool = field(
+        default=False, metadata={"help": "softmax over the SID tokens (+ EOS) only, in training and decoding"}
+    )
 
     def __post_init__(self) -> None:
         mix = parse_task_mix(self.tasks)

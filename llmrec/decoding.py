@@ -6,8 +6,9 @@
   `num_beams` times the work; see BENCHMARKS.md);
 - a step scores only the current level's `K_m` code tokens and takes the allowed codes of all (user, beam) pairs
   from the `SidTrie` tensors in one gather, instead of a Python callback per beam;
-- scores are log-softmax over the full vocabulary, summed over the SID tokens: the same numbers as HF's
-  `sequences_scores` with `length_penalty=0.0`, and the exact log-probability of the item's SID under the model;
+- scores are log-softmax over the full vocabulary (over the output vocabulary for `sid_softmax` runs), summed over
+  the SID tokens: the same numbers as HF's `sequences_scores` with `length_penalty=0.0`, and the exact
+  log-probability of the item's SID under the model;
 - the beams' KV cache is allocated once, prompt plus SID length (`BeamKVLayer`): a step writes one position in
   place, and a beam reorder moves only the few SID positions, since all beams of a prompt share its prompt keys.
   HF's `DynamicCache` concatenates (copies) the whole cache at every step and reorders all of it (40 % of the CPU
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from llmrec.sid_softmax import restricted_log_softmax
 from llmrec.trie import SidTrie
 
 
@@ -104,6 +106,7 @@ def constrained_beam_search(
     num_beams: int,
     top_k: int | None = None,
     exclude: Sequence[Iterable[str]] | None = None,
+    output_token_ids: torch.LongTensor | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Top items per prompt by beam search restricted to the SIDs in `trie`.
 
@@ -118,6 +121,8 @@ def constrained_beam_search(
         top_k (`int`, *optional*): items to return per prompt, at most `num_beams`; defaults to `num_beams`.
         exclude (`Sequence[Iterable[str]]`, *optional*): per prompt, item ids never to return (e.g. the history).
             Prefixes whose every item is excluded are pruned, so no beam is wasted on a dead end.
+        output_token_ids (`torch.LongTensor` of shape `(V_out,)`, *optional*): normalise each step's log-probs over
+            these tokens only, as a `sid_softmax` run was trained (`llmrec.sid_softmax`); default: all of them.
 
     Returns:
         `list[list[tuple[str, float]]]`: per prompt, up to `top_k` distinct `(item_id, score)` pairs sorted by
@@ -146,7 +151,7 @@ def constrained_beam_search(
         logits_to_keep=1,
     )
     cache = out.past_key_values
-    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, None, :]  # (B, 1, V), same for all beams
+    log_probs = restricted_log_softmax(out.logits[:, -1, :], output_token_ids)[:, None, :]  # (B, 1, V): all beams
 
     # Beam 0 starts at the root; the others start dead (-inf), so step 0 picks distinct first codes.
     scores = torch.full((batch, num_beams), -torch.inf, device=device)  # (B, K)
@@ -183,7 +188,8 @@ def constrained_beam_search(
             logits_to_keep=1,
         )
         cache = out.past_key_values
-        log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).view(batch, num_beams, -1)  # (B, K, V)
+        log_probs = restricted_log_softmax(out.logits[:, -1, :], output_token_ids)  # (B * K, V)
+        log_probs = log_probs.view(batch, num_beams, -1)  # (B, K, V)
 
     results = []
     for user_scores, user_leaves in zip(scores.tolist(), nodes.tolist(), strict=True):

@@ -359,6 +359,11 @@ def make_trainer(args: GRPOScriptArguments, training_args: GRPOConfig) -> tuple[
         )
     sft = Path(args.sft_run)
     recommender = Recommender.from_pretrained(sft, trainable=True)  # the SFT adapter, kept trainable
+    if recommender.output_token_ids is not None:
+        raise ValueError(
+            f"{sft} was trained with sid_softmax: true; GRPO's policy log-probs are over the whole vocabulary, so it "
+            "does not support such runs yet. Start GRPO from an SFT run trained without sid_softmax."
+        )
     tokenizer, index = recommender.tokenizer, recommender.index
     dataset_dir = Path(args.dataset_dir or recommender.config["script_args"]["dataset_dir"])
     dataset = load_dataset(dataset_dir)

@@ -54,6 +54,14 @@ class Recommender:
         templates, self.system = load_templates(templates_dir, [self.task])
         self.template = templates[self.task].templates[0][0]
         self.trie = SidTrie(index, tokenizer)
+        # sid_softmax runs: decode with the softmax over the vocabulary they were trained with
+        output_ids = config.get("output_token_ids")
+        if output_ids and not 0 <= min(output_ids) <= max(output_ids) < len(tokenizer):
+            raise DataError(
+                f"run_config.json's output_token_ids reach token {max(output_ids)}, but the run's tokenizer has "
+                f"{len(tokenizer)} tokens: the config and tokenizer come from different runs."
+            )
+        self.output_token_ids = torch.tensor(output_ids, dtype=torch.long) if output_ids else None
         self.tokenizer.padding_side = "left"
 
     @classmethod
@@ -159,6 +167,7 @@ class Recommender:
                 num_beams=min(num_beams, len(trie.item_ids)),
                 top_k=k,
                 exclude=[set(h) for h in chunk] if exclude_history else None,
+                output_token_ids=self.output_token_ids,
             )
             for pairs, rationale in zip(found, rationales, strict=True):
                 results.append(

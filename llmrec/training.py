@@ -33,6 +33,7 @@ from llmrec.data.io import DataError, sha256_file, write_json_atomic
 from llmrec.model import DEFAULT_MODEL, add_sid_tokens, load_base_model
 from llmrec.prompting import PromptConfig, build_prompt_datasets
 from llmrec.sid import load_index
+from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary
 from llmrec.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -51,23 +52,42 @@ class SidSFTTrainer(SFTTrainer):
     positions per row instead of all of them, which saves most of the (B, L, V) logits memory and time. TRL's
     entropy/accuracy metrics are not logged on this path.
 
+    `output_vocabulary` (set for `sid_softmax` runs, see `llmrec.sid_softmax`): the kept positions are projected
+    onto that vocabulary's LM-head rows only and the softmax runs over it, instead of over the whole vocabulary.
+
     Checkpoints: PEFT saves the full (V, D) embedding and LM-head matrices whenever the vocabulary was resized
     (about 230 MB for SmolLM2); the trained SID rows are already in the adapter, so they are left out.
     """
+
+    output_vocabulary: OutputVocabulary | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]  # (B, L), -100 outside completions
         targets = labels[:, 1:]  # (B, L-1): token predicted at each position
         positions = torch.nonzero((targets != -100).any(dim=0)).flatten()  # (P,)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            use_cache=False,
-            logits_to_keep=positions,
-        )
-        logits = outputs.logits  # (B, P, V)
+        vocabulary = getattr(self, "output_vocabulary", None)
+        if vocabulary is None:
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                use_cache=False,
+                logits_to_keep=positions,
+            )
+            logits = outputs.logits  # (B, P, V)
+            kept_targets = targets[:, positions]  # (B, P): token ids
+        else:  # sid_softmax: project the kept positions onto the output vocabulary's rows only
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                use_cache=False,
+                logits_to_keep=1,
+                output_hidden_states=True,
+            )
+            hidden = outputs.hidden_states[-1][:, positions]  # (B, P, D): final (normed) hidden states
+            logits = hidden @ head_rows(model, vocabulary.token_ids).T  # (B, P, V_out)
+            kept_targets = vocabulary.targets(targets[:, positions], getattr(self, "processing_class", None))
         loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), targets[:, positions].flatten(), ignore_index=-100, reduction="sum"
+            logits.flatten(0, 1).float(), kept_targets.flatten(), ignore_index=-100, reduction="sum"
         )
         count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
         loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
@@ -82,6 +102,17 @@ class SidSFTTrainer(SFTTrainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / "training_args.bin")
+
+
+def completion_tokens(trainer: SFTTrainer) -> set[int]:
+    """Every token id the loss is computed on in the trainer's (tokenized) train and eval datasets."""
+    found: set[int] = set()
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        if dataset is not None:
+            for labels in dataset["labels"]:
+                found.update(labels)
+    found.discard(-100)
+    return found
 
 
 def read_prompt_rows(path: Path) -> HFDataset:
@@ -218,6 +249,11 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    if args.sid_softmax:
+        trainer.output_vocabulary = OutputVocabulary(
+            output_vocabulary(tokenizer, index, completion_tokens(trainer)), len(tokenizer)
+        )
+        logger.info("sid_softmax: output vocabulary of %d tokens", len(trainer.output_vocabulary))
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
@@ -264,6 +300,8 @@ def save_run(
             "model_args": {key: value for key, value in asdict(model_args).items() if not key.startswith("_")},
             "training_args": training_args.to_dict(),
             "index_sha256": sha256_file(out / "sid_index.json"),
+            # sid_softmax runs: the tokens their next-token distribution is normalised over (decoding does the same)
+            "output_token_ids": trainer.output_vocabulary.token_ids.tolist() if trainer.output_vocabulary else None,
             "dataset_files_sha256": json.loads((out / "prompt_data" / "prompts.json").read_text())[
                 "dataset_files_sha256"
             ],

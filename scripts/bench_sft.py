@@ -1,9 +1,12 @@
 """Benchmark SFT speed and memory on ml-100k prompts: SmolLM2 at full depth and truncated, a few optimizer steps.
 
-    python scripts/bench_sft.py --steps 6 --out eval/results
+    python scripts/bench_sft.py --steps 10 --out eval/results
 
-Needs `data/ml-100k` and `data/ml-100k/sid_index.json` (see scripts/configs/sft_ml100k_seqrec.yaml). Each configuration
-runs in a fresh process so its peak RSS is its own. Writes `eval/results/sft_bench.json` and `sft_bench.md`.
+Two recipes: chat `seqrec` prompts (history in the prompt, `sft_ml100k_seqrec.yaml`) at several depths and batch
+shapes, and the plain `sequence` recipe of the quality table (`sft_ml100k_long.yaml`) with the softmax over the whole
+vocabulary and with `sid_softmax` (over the SID tokens + EOS). Needs `data/ml-100k` and its `sid_index.json`. Each
+configuration runs in a fresh process so its peak RSS is its own; seconds per step include the first (slower)
+steps. Writes `eval/results/sft_bench.json` and `sft_bench.md`.
 """
 
 import argparse
@@ -15,13 +18,22 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SEQREC = "scripts/configs/sft_ml100k_seqrec.yaml"  # chat seqrec prompts (history in the prompt) + fusion
+SEQUENCE = "scripts/configs/sft_ml100k_long.yaml"  # plain `sequence` runs, SIDs back to back (the quality recipe)
+SEQREC_TASKS = {"tasks": "seqrec=2000,item2sid=0,sid2item=0,fusion=500,search=0"}
+# name -> (recipe, overrides)
 CONFIGS = {
-    "full depth (30 layers), batch 8": {"per_device_train_batch_size": 8},
-    "full depth (30 layers), batch 4 x 2 accumulation": {
-        "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-    },
-    "first 10 layers, batch 8": {"per_device_train_batch_size": 8, "keep_layers": 10},
+    "seqrec: full depth (30 layers), batch 8": (SEQREC, {**SEQREC_TASKS, "per_device_train_batch_size": 8}),
+    "seqrec: full depth (30 layers), batch 4 x 2 accumulation": (
+        SEQREC,
+        {**SEQREC_TASKS, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+    ),
+    "seqrec: first 10 layers, batch 8": (
+        SEQREC,
+        {**SEQREC_TASKS, "per_device_train_batch_size": 8, "keep_layers": 10},
+    ),
+    "sequence: full depth, batch 8, softmax over the vocabulary": (SEQUENCE, {"sid_softmax": False}),
+    "sequence: full depth, batch 8, sid_softmax": (SEQUENCE, {"sid_softmax": True}),
 }
 
 
@@ -32,11 +44,11 @@ def run_one(name: str, steps: int) -> dict:
     from llmrec.training import run_sft
 
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["--config", str(ROOT / "scripts/configs/sft_ml100k_seqrec.yaml"), "--output_dir", f"{tmp}/run"]
+        recipe, overrides = CONFIGS[name]
+        argv = ["--config", str(ROOT / recipe), "--output_dir", f"{tmp}/run"]
         argv += ["--max_steps", str(steps), "--eval_strategy", "no", "--save_steps", "100000", "--logging_steps", "1"]
         argv += ["--gradient_accumulation_steps", "1"]  # the configurations below may override it
-        argv += ["--tasks", "seqrec=2000,item2sid=0,sid2item=0,fusion=500,search=0"]
-        for key, value in CONFIGS[name].items():
+        for key, value in overrides.items():
             argv += [f"--{key}", str(value)]
         parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
         script_args, training_args, model_args = parser.parse_args_and_config(argv)
@@ -44,6 +56,7 @@ def run_one(name: str, steps: int) -> dict:
         log = json.loads(Path(tmp, "run", "training_log.json").read_text())
     return {
         "config": name,
+        "recipe": recipe,
         "steps": steps,
         "seconds_per_step": log["seconds_per_step"],
         "tokens_per_second": log["tokens_per_second"],
