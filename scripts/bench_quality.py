@@ -50,6 +50,19 @@ def cached(path: Path, compute, valid=lambda saved: True) -> dict:
     return result
 
 
+def sasrec_cache_matches(saved: dict, dataset_files: dict, max_seconds: float | None) -> bool:
+    """A cached SASRec result is reused only for the same split files and the same training budget (a different
+    `--sasrec-max-seconds` trains a different number of epochs)."""
+    same_budget = saved["config"].get("max_seconds") == max_seconds
+    if not same_budget:
+        logging.info(
+            "Cached SASRec result trained for max_seconds=%s, not %s: recomputing.",
+            saved["config"].get("max_seconds"),
+            max_seconds,
+        )
+    return saved["dataset_sha256"] == dataset_files and same_budget
+
+
 def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sft.py") -> Path:
     """Train (or resume, or reuse) one llmrec run with a documented entry point, `scripts/SCRIPT --config CONFIG
     --output_dir OUT *overrides` (sft.py or grpo.py), in a child process. Also used by bench_layers.py and
@@ -188,7 +201,7 @@ def main(args: argparse.Namespace) -> None:
                         max_seconds=args.sasrec_max_seconds,
                         work_dir=args.runs / dataset.name / "recbole",
                     ),
-                    valid=lambda saved: saved["dataset_sha256"] == dataset.meta["files"],
+                    valid=lambda saved: sasrec_cache_matches(saved, dataset.meta["files"], args.sasrec_max_seconds),
                 )
             )
         for seed, row in zip(args.sasrec_seeds or args.seeds, rows, strict=True):

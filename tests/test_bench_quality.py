@@ -1,0 +1,46 @@
+"""bench_quality's bookkeeping: which cached SASRec results are reused, and the paired per-user comparison."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.metrics import ndcg_gains
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
+spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+bench_quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_quality)
+
+FILES = {"train.jsonl": "abc"}
+
+
+def test_cached_sasrec_is_reused_only_for_the_same_split_and_budget():
+    saved = {"dataset_sha256": FILES, "config": {"max_seconds": 600.0}}
+    assert bench_quality.sasrec_cache_matches(saved, FILES, 600.0)
+    assert not bench_quality.sasrec_cache_matches(saved, FILES, 240.0)  # another budget trains other epochs
+    assert not bench_quality.sasrec_cache_matches(saved, {"train.jsonl": "xyz"}, 600.0)
+    assert not bench_quality.sasrec_cache_matches({**saved, "config": {}}, FILES, 600.0)
+
+
+def seed_row(ranks: list[int], users=("u1", "u2", "u3", "u4")) -> dict:
+    return {"user_ids": list(users), "target_ranks": ranks}
+
+
+def test_llmrec_rows_are_compared_with_sasrec_user_by_user_over_seed_means():
+    sasrec = [seed_row([1, 30, 2, 5]), seed_row([3, 30, 2, 7])]
+    llmrec = [seed_row([1, 1, 4, 30])]
+    models = [
+        {"name": "most-popular", "per_seed": [seed_row([9, 9, 9, 9])]},
+        {"name": "SASRec (RecBole)", "per_seed": sasrec},
+        {"name": "llmrec `x`", "per_seed": llmrec},
+        {"name": "llmrec `old`", "per_seed": [{"ndcg@10": 0.1}]},  # cached before per-user ranks: skipped
+    ]
+    bench_quality.versus_sasrec(models)
+    reference = np.mean([ndcg_gains(np.array(row["target_ranks"]), 10) for row in sasrec], axis=0)
+    ours = ndcg_gains(np.array(llmrec[0]["target_ranks"]), 10)
+    assert models[2]["ndcg@10_vs_sasrec"]["diff"] == pytest.approx(float(np.mean(ours - reference)))
+    assert "ndcg@10_vs_sasrec" not in models[0] and "ndcg@10_vs_sasrec" not in models[3]
+    with pytest.raises(ValueError, match="different users"):
+        bench_quality.mean_user_gains([seed_row([1, 2, 3, 4]), seed_row([1, 2, 3, 4], users=("a", "b", "c", "d"))])
