@@ -36,37 +36,6 @@ def output_vocabulary(tokenizer, index: SemanticIdIndex, completion_tokens: Iter
     return sorted(ids)
 
 
-def head_rows(model: torch.nn.Module, token_ids: torch.LongTensor) -> torch.Tensor:
-    """The rows of `model`'s effective LM-head matrix for `token_ids`, `(V_out, D)`: differentiable through PEFT's
-    trainable SID rows (`trainable_token_indices`), so training through them updates those rows like the full head."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    config = model.config
-    for name in LOGIT_TRANSFORMS:
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise ValueError(f"sid_softmax needs a plain linear LM head; this model's config sets {name}.")
-    head = model.get_output_embeddings()
-    adapter = getattr(head, "token_adapter", None)  # PEFT TrainableTokensWrapper (the tied head with SID rows)
-    linear = adapter.get_base_layer() if adapter is not None else head
-    if type(linear) is not torch.nn.Linear or linear.bias is not None:
-        raise ValueError(
-            f"sid_softmax needs a bias-free nn.Linear LM head (optionally with PEFT trainable tokens), got "
-            f"{type(linear).__name__}; LoRA on lm_head is not supported."
-        )
-    weight = linear.weight  # (V, D)
-    token_ids = token_ids.to(weight.device)
-    rows = weight[token_ids]  # (V_out, D)
-    if adapter is not None and not adapter.disable_adapters and not adapter.merged:
-        where = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)  # (V,)
-        where[token_ids] = torch.arange(len(token_ids), device=weight.device)
-        for name in adapter.active_adapters:
-            trained = torch.as_tensor(adapter.token_indices[name], device=weight.device)  # (T,)
-            at = where[trained]  # (T,): row in `rows`, -1 when outside the output vocabulary
-            kept = at >= 0
-            rows = rows.index_copy(0, at[kept], adapter.trainable_tokens_delta[name][kept].to(rows))
-    return rows
-
-
 class OutputVocabulary:
     """Token ids of an output vocabulary and the map from full-vocabulary label ids to their positions in it."""
 
@@ -95,6 +64,35 @@ class OutputVocabulary:
                 "the vocabulary was built from."
             )
         return positions
+
+
+def head_rows(model: torch.nn.Module, vocabulary: OutputVocabulary) -> torch.Tensor:
+    """The rows of `model`'s effective LM-head matrix for `vocabulary`'s tokens, `(V_out, D)`: differentiable through
+    PEFT's trainable SID rows (`trainable_token_indices`), so training through them updates those rows like the full
+    head."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    config = model.config
+    for name in LOGIT_TRANSFORMS:
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise ValueError(f"sid_softmax needs a plain linear LM head; this model's config sets {name}.")
+    head = model.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)  # PEFT TrainableTokensWrapper (the tied head with SID rows)
+    linear = adapter.get_base_layer() if adapter is not None else head
+    if type(linear) is not torch.nn.Linear or linear.bias is not None:
+        raise ValueError(
+            f"sid_softmax needs a bias-free nn.Linear LM head (optionally with PEFT trainable tokens), got "
+            f"{type(linear).__name__}; LoRA on lm_head is not supported."
+        )
+    weight = linear.weight  # (V, D)
+    rows = weight[vocabulary.token_ids.to(weight.device)]  # (V_out, D)
+    if adapter is not None and not adapter.disable_adapters and not adapter.merged:
+        for name in adapter.active_adapters:
+            trained = torch.as_tensor(adapter.token_indices[name])  # (T,)
+            at = vocabulary.position[trained].to(weight.device)  # (T,): row in `rows`, -1 outside the vocabulary
+            kept = at >= 0
+            rows = rows.index_copy(0, at[kept], adapter.trainable_tokens_delta[name][kept].to(rows))
+    return rows
 
 
 def restricted_log_softmax(logits: torch.Tensor, token_ids: torch.LongTensor | None) -> torch.Tensor:

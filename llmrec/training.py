@@ -66,25 +66,20 @@ class SidSFTTrainer(SFTTrainer):
         targets = labels[:, 1:]  # (B, L-1): token predicted at each position
         positions = torch.nonzero((targets != -100).any(dim=0)).flatten()  # (P,)
         vocabulary = getattr(self, "output_vocabulary", None)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            use_cache=False,
+            # sid_softmax: the head below projects the kept positions itself, onto the vocabulary's rows only
+            logits_to_keep=positions if vocabulary is None else 1,
+            output_hidden_states=vocabulary is not None,
+        )
         if vocabulary is None:
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                use_cache=False,
-                logits_to_keep=positions,
-            )
             logits = outputs.logits  # (B, P, V)
             kept_targets = targets[:, positions]  # (B, P): token ids
-        else:  # sid_softmax: project the kept positions onto the output vocabulary's rows only
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                use_cache=False,
-                logits_to_keep=1,
-                output_hidden_states=True,
-            )
+        else:
             hidden = outputs.hidden_states[-1][:, positions]  # (B, P, D): final (normed) hidden states
-            logits = hidden @ head_rows(model, vocabulary.token_ids).T  # (B, P, V_out)
+            logits = hidden @ head_rows(model, vocabulary).T  # (B, P, V_out)
             kept_targets = vocabulary.targets(targets[:, positions], getattr(self, "processing_class", None))
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), kept_targets.flatten(), ignore_index=-100, reduction="sum"

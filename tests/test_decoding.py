@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from llmrec.decoding import constrained_beam_search
 from llmrec.model import add_sid_tokens
 from llmrec.sid import SemanticIdIndex
+from llmrec.sid_softmax import restricted_log_softmax
 from llmrec.trie import SidTrie
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
@@ -31,17 +32,23 @@ def random_index(num_items: int, codebook_sizes: tuple[int, ...], seed: int) -> 
     return SemanticIdIndex({f"item{n}": sid for n, sid in enumerate(sorted(sids))}, codebook_sizes)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    """12 items, 3 levels, codebook 4; a tiny Llama with the SID tokens; left-padding tokenizer."""
-    index = random_index(12, (4, 4, 4), seed=1)
+def tiny_sid_model(index: SemanticIdIndex, seed: int):
+    """Left-padding tokenizer, a tiny Llama in eval mode with `index`'s SID tokens and spread logits, and the trie."""
     tokenizer = make_tiny_tokenizer()
     tokenizer.padding_side = "left"
     model = make_tiny_model(len(tokenizer))
     add_sid_tokens(tokenizer, model, index)
-    randomize_embeddings(model, seed=1)
+    randomize_embeddings(model, seed=seed)
     model.eval()
-    return tokenizer, index, model, SidTrie(index, tokenizer)
+    return tokenizer, model, SidTrie(index, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """12 items, 3 levels, codebook 4; a tiny Llama with the SID tokens; left-padding tokenizer."""
+    index = random_index(12, (4, 4, 4), seed=1)
+    tokenizer, model, trie = tiny_sid_model(index, seed=1)
+    return tokenizer, index, model, trie
 
 
 def encode(tokenizer, prompts):
@@ -50,13 +57,16 @@ def encode(tokenizer, prompts):
 
 
 @torch.no_grad()
-def brute_force(model, prompt_ids: list[int], trie: SidTrie, index: SemanticIdIndex) -> dict[str, float]:
-    """Exact log-probability of every trie item's SID after one unpadded prompt, by teacher forcing."""
+def brute_force(
+    model, prompt_ids: list[int], trie: SidTrie, index: SemanticIdIndex, output_token_ids=None
+) -> dict[str, float]:
+    """Exact log-probability of every trie item's SID after one unpadded prompt, by teacher forcing (softmax over
+    `output_token_ids` only when given, as for a `sid_softmax` run)."""
     sids = torch.tensor([index.items[item_id] for item_id in trie.item_ids])  # (N, M)
     sid_token_ids = torch.stack([trie.token_ids[level][sids[:, level]] for level in range(trie.num_levels)], 1)
     prompt = torch.tensor(prompt_ids).expand(len(sids), -1)  # (N, L)
     logits = model(input_ids=torch.cat([prompt, sid_token_ids], 1)).logits  # (N, L + M, V)
-    log_probs = torch.log_softmax(logits[:, prompt.shape[1] - 1 : -1].float(), dim=-1)  # (N, M, V)
+    log_probs = restricted_log_softmax(logits[:, prompt.shape[1] - 1 : -1], output_token_ids)  # (N, M, V)
     scores = log_probs.gather(-1, sid_token_ids[..., None]).squeeze(-1).sum(-1)  # (N,)
     return dict(zip(trie.item_ids, scores.tolist(), strict=True))
 

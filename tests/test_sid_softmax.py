@@ -14,9 +14,8 @@ from llmrec.recommender import Recommender
 from llmrec.sid import SemanticIdIndex
 from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary, restricted_log_softmax
 from llmrec.training import SidSFTTrainer
-from llmrec.trie import SidTrie
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
-from tests.test_decoding import randomize_embeddings
+from tests.test_decoding import brute_force, randomize_embeddings, tiny_sid_model
 from tests.test_recommender import train_tiny_run
 
 INDEX = SemanticIdIndex({f"item{n}": (n // 4, n % 4) for n in range(12)}, (4, 4))
@@ -51,23 +50,23 @@ def test_restricted_log_softmax_normalises_over_the_given_tokens_only():
 
 def test_head_rows_are_the_effective_head_rows_with_the_trained_sid_rows():
     model, tokenizer, sid_ids = peft_model_with_sid_rows()
-    ids = torch.tensor(output_vocabulary(tokenizer, INDEX))
+    vocabulary = OutputVocabulary(output_vocabulary(tokenizer, INDEX), len(tokenizer))
     hidden = torch.randn(5, model.config.hidden_size)
     full = model.get_output_embeddings()(hidden)  # (5, V): PEFT's own forward through the wrapper
-    assert torch.allclose(hidden @ head_rows(model, ids).T, full[:, ids], atol=1e-5)
+    assert torch.allclose(hidden @ head_rows(model, vocabulary).T, full[:, vocabulary.token_ids], atol=1e-5)
     plain = make_tiny_model(40, tie=False)
-    assert torch.equal(head_rows(plain, torch.tensor([3, 5])), plain.lm_head.weight[[3, 5]])
+    assert torch.equal(head_rows(plain, OutputVocabulary([3, 5], 40)), plain.lm_head.weight[[3, 5]])
 
 
 def test_head_rows_refuses_heads_it_cannot_restrict():
     model = make_tiny_model(40, tie=False)
     model.lm_head = torch.nn.Linear(16, 40, bias=True)
     with pytest.raises(ValueError, match="bias-free nn.Linear"):
-        head_rows(model, torch.tensor([1]))
+        head_rows(model, OutputVocabulary([1], 40))
     model = make_tiny_model(40)
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping"):
-        head_rows(model, torch.tensor([1]))
+        head_rows(model, OutputVocabulary([1], 40))
 
 
 def test_output_vocabulary_is_sid_tokens_eos_and_completion_tokens():
@@ -116,26 +115,16 @@ def test_restricted_loss_and_gradients_equal_the_full_head_restricted_to_the_voc
 
 
 def test_decoder_scores_are_sid_log_probs_under_the_restricted_softmax():
-    tokenizer = make_tiny_tokenizer()
-    tokenizer.padding_side = "left"
-    model = make_tiny_model(len(tokenizer))
-    add_sid_tokens(tokenizer, model, INDEX)
-    randomize_embeddings(model, seed=2)
-    model.eval()
-    trie = SidTrie(INDEX, tokenizer)
+    tokenizer, model, trie = tiny_sid_model(INDEX, seed=2)
     ids = torch.tensor(output_vocabulary(tokenizer, INDEX))
     prompt = tokenizer(["the user has interacted with a b"], return_tensors="pt")
     input_ids, attention_mask = prompt["input_ids"], prompt["attention_mask"]
     found = dict(constrained_beam_search(model, input_ids, attention_mask, trie, 12, output_token_ids=ids)[0])
     full = dict(constrained_beam_search(model, input_ids, attention_mask, trie, 12)[0])
-    with torch.no_grad():
-        for item_id, sid in INDEX.items.items():
-            sid_tokens = [int(trie.token_ids[level][code]) for level, code in enumerate(sid)]
-            sequence = torch.tensor([input_ids[0].tolist() + sid_tokens])
-            log_probs = restricted_log_softmax(model(input_ids=sequence).logits[0, -3:-1], ids)  # (2, V)
-            expected = float(log_probs[[0, 1], sid_tokens].sum())
-            assert found[item_id] == pytest.approx(expected, abs=1e-4)
-            assert found[item_id] > full[item_id]  # the same logits normalised over fewer tokens
+    expected = brute_force(model, input_ids[0].tolist(), trie, INDEX, output_token_ids=ids)
+    for item_id in INDEX.items:
+        assert found[item_id] == pytest.approx(expected[item_id], abs=1e-4)
+        assert found[item_id] > full[item_id]  # the same logits normalised over fewer tokens
     assert sum(torch.tensor(list(found.values())).exp()) <= 1 + 1e-5
 
 
