@@ -3,6 +3,8 @@
     python scripts/bench_quality.py --dataset data/ml-100k --sft-config scripts/configs/sft_ml100k.yaml
     python scripts/bench_quality.py --dataset data/amazon-office \
         --sft-config scripts/configs/sft_office.yaml scripts/configs/sft_office_3ep.yaml   # one row per recipe
+    python scripts/bench_quality.py --dataset data/amazon-office --llmrec-seeds 42 \
+        --sft-config scripts/configs/sft_office.yaml scripts/configs/sft_office_5ep.yaml=42,43,44  # per-recipe seeds
     python scripts/bench_quality.py --readme    # only regenerate the README's results section
 
 For each seed: SASRec is trained and scored in our harness (history items masked, like every row), and an
@@ -61,6 +63,23 @@ def sasrec_cache_matches(saved: dict, dataset_files: dict, max_seconds: float | 
             max_seconds,
         )
     return saved["dataset_sha256"] == dataset_files and same_budget
+
+
+def recipe_with_seeds(text: str) -> tuple[Path, list[int] | None]:
+    """Parse one `--sft-config` value: `RECIPE.yaml` (the seeds of `--llmrec-seeds`) or `RECIPE.yaml=42,43,44`
+    (these seeds for this recipe only), so one call can keep every recipe's row while adding seeds to one."""
+    path, sep, seeds = text.rpartition("=")
+    if not sep:
+        return Path(text), None
+    try:
+        parsed = [int(seed) for seed in seeds.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--sft-config {text!r}: the seeds after '=' must be comma-separated integers, e.g. {path}=42,43,44"
+        ) from None
+    if len(set(parsed)) != len(parsed):
+        raise argparse.ArgumentTypeError(f"--sft-config {text!r}: a seed is listed twice")
+    return Path(path), parsed
 
 
 def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sft.py") -> Path:
@@ -211,9 +230,9 @@ def main(args: argparse.Namespace) -> None:
             {"name": "SASRec (RecBole)", "per_seed": rows, "summary": summary(rows), "train_cpu_minutes": minutes}
         )
 
-    for sft_config in args.sft_config or []:
+    for sft_config, recipe_seeds in args.sft_config or []:
         rows, train_seconds = [], []
-        for seed in args.llmrec_seeds or args.seeds:
+        for seed in recipe_seeds or args.llmrec_seeds or args.seeds:
             name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
             overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
             overrides += ["--index_path", str(dataset.path / "sid_index.json")]
@@ -258,7 +277,12 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, help="prepared dataset folder with its sid_index.json")
-    parser.add_argument("--sft-config", type=Path, nargs="+", help="scripts/sft.py YAML(s), one llmrec row each")
+    parser.add_argument(
+        "--sft-config",
+        type=recipe_with_seeds,
+        nargs="+",
+        help="scripts/sft.py YAML(s), one llmrec row each; RECIPE.yaml=42,43 gives that recipe its own seeds",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--sasrec-seeds", type=int, nargs="+", help="seeds for SASRec only (default: --seeds)")
     parser.add_argument("--llmrec-seeds", type=int, nargs="+", help="seeds for llmrec only (default: --seeds)")

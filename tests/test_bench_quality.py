@@ -1,5 +1,6 @@
 """bench_quality's bookkeeping: which cached SASRec results are reused, and the paired per-user comparison."""
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -44,3 +45,13 @@ def test_llmrec_rows_are_compared_with_sasrec_user_by_user_over_seed_means():
     assert "ndcg@10_vs_sasrec" not in models[0] and "ndcg@10_vs_sasrec" not in models[3]
     with pytest.raises(ValueError, match="different users"):
         bench_quality.mean_user_gains([seed_row([1, 2, 3, 4]), seed_row([1, 2, 3, 4], users=("a", "b", "c", "d"))])
+
+
+def test_each_recipe_can_have_its_own_seeds():
+    assert bench_quality.recipe_with_seeds("configs/a.yaml") == (Path("configs/a.yaml"), None)
+    assert bench_quality.recipe_with_seeds("configs/a.yaml=42,43,44") == (Path("configs/a.yaml"), [42, 43, 44])
+    assert bench_quality.recipe_with_seeds("configs/a.yaml=7") == (Path("configs/a.yaml"), [7])
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        bench_quality.recipe_with_seeds("configs/a.yaml=42;43")
+    with pytest.raises(argparse.ArgumentTypeError, match="listed twice"):
+        bench_quality.recipe_with_seeds("configs/a.yaml=42,42")
