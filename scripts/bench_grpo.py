@@ -1,4 +1,4 @@
-"""GRPO benchmark: validation and test metrics of an SFT run before and after GRPO, in the same harness.
+r"""GRPO benchmark: validation and test metrics of an SFT run before and after GRPO, in the same harness.
 
     python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_ml100k.yaml --dataset data/ml-100k
     python scripts/bench_grpo.py --grpo-config scripts/configs/grpo_office.yaml --dataset data/amazon-office

@@ -1,4 +1,4 @@
-"""Quality benchmark: most-popular, SASRec (RecBole 1.2.1) and llmrec on the same split, several seeds.
+r"""Quality benchmark: most-popular, SASRec (RecBole 1.2.1) and llmrec on the same split, several seeds.
 
     python scripts/bench_quality.py --dataset data/ml-100k --sft-config scripts/configs/sft_ml100k.yaml
     python scripts/bench_quality.py --dataset data/amazon-office \
