@@ -28,7 +28,6 @@ import logging
 import random
 import re
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from llmrec.decoding import constrained_beam_search
 from llmrec.reasoning import generate_rationales, left_pad, think_token_ids
 from llmrec.recommender import Recommender
 from llmrec.rewards import make_reward_funcs, parse_reward_weights
-from llmrec.training import RUN_CONFIG, check_output_dir
+from llmrec.training import RUN_CONFIG, TrainingClock, check_output_dir
 from llmrec.trie import SidTrie
 from llmrec.version import __version__
 
@@ -393,12 +392,12 @@ def run_grpo(args: GRPOScriptArguments, training_args: GRPOConfig) -> Path:
     out = Path(training_args.output_dir)
     resume_from = check_output_dir(out, args.resume)
     trainer, sft_config, num_prompts = make_trainer(args, training_args)
-    started = time.perf_counter()
+    clock = TrainingClock(resume_from)
+    trainer.add_callback(clock)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - started
     if trainer.is_world_process_zero():
         sft = Path(args.sft_run)
-        save_grpo_run(trainer, sft_config, args, training_args, sft, out, result.metrics, seconds, num_prompts)
+        save_grpo_run(trainer, sft_config, args, training_args, sft, out, result.metrics, clock.totals(), num_prompts)
     return out
 
 
@@ -434,7 +433,7 @@ def save_grpo_run(
     sft: Path,
     out: Path,
     metrics: dict,
-    seconds: float,
+    clock: dict[str, float | int],
     num_prompts: int,
 ) -> None:
     trainer._save(str(out))
@@ -446,8 +445,10 @@ def save_grpo_run(
         out / "training_log.json",
         {
             "metrics": metrics,
-            "train_seconds": round(seconds, 1),
-            "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
+            **clock,  # summed over resumed segments, from step timed_from_step
+            "seconds_per_step": round(
+                clock["train_seconds"] / max(trainer.state.global_step - clock["timed_from_step"], 1), 3
+            ),
             "log_history": history,
         },
     )
@@ -462,7 +463,7 @@ def save_grpo_run(
             "script_args": asdict(args),
             "training_args": training_args.to_dict(),
             "num_prompts": num_prompts,
-            "train_seconds": round(seconds, 1),
+            "train_seconds": clock["train_seconds"],
         },
     )
     write_json_atomic(out / RUN_CONFIG, config)

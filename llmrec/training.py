@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset as HFDataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from llmrec.config import SFTScriptArguments, parse_task_mix
@@ -97,6 +97,57 @@ class SidSFTTrainer(SFTTrainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / "training_args.bin")
+
+
+CLOCK_FILE = "train_clock.json"
+
+
+class TrainingClock(TrainerCallback):
+    """Training time summed over every segment of a run that was killed and resumed.
+
+    The Trainer's own `train_runtime` covers the last `train()` call only, so a resumed run would under-report its
+    cost. At each checkpoint this writes `train_clock.json` into the checkpoint folder: wall seconds and process CPU
+    seconds (all threads) spent training so far; a resumed run starts from the values of the checkpoint it resumes.
+    A checkpoint without the file (the run was killed between the checkpoint and the file, or it predates the file)
+    leaves the earlier time unknown: `timed_from_step` then says where the count starts.
+    """
+
+    def __init__(self, resume_from: str | None = None) -> None:
+        self.wall_before = self.cpu_before = 0.0
+        self.timed_from_step = 0
+        if resume_from is not None:
+            path = Path(resume_from) / CLOCK_FILE
+            if path.is_file():
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                self.wall_before, self.cpu_before = saved["train_seconds"], saved["train_cpu_seconds"]
+                self.timed_from_step = saved["timed_from_step"]
+            else:
+                self.timed_from_step = int(Path(resume_from).name.split("-")[-1])
+                logger.warning(
+                    "%s has no %s: the training time before step %d is unknown; train_seconds will count from there.",
+                    resume_from,
+                    CLOCK_FILE,
+                    self.timed_from_step,
+                )
+        self.wall_start = time.perf_counter()
+        self.cpu_start = time.process_time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def totals(self) -> dict[str, float | int]:
+        """Seconds spent training up to now, over every segment since `timed_from_step`."""
+        return {
+            "train_seconds": round(self.wall_before + time.perf_counter() - self.wall_start, 1),
+            "train_cpu_seconds": round(self.cpu_before + time.process_time() - self.cpu_start, 1),
+            "timed_from_step": self.timed_from_step,
+        }
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json_atomic(folder / CLOCK_FILE, self.totals())
 
 
 def completion_tokens(trainer: SFTTrainer) -> set[int]:
@@ -249,11 +300,11 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
             output_vocabulary(tokenizer, index, completion_tokens(trainer)), len(tokenizer)
         )
         logger.info("sid_softmax: output vocabulary of %d tokens", len(trainer.output_vocabulary))
-    started = time.perf_counter()
+    clock = TrainingClock(resume_from)
+    trainer.add_callback(clock)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - started
     if trainer.is_world_process_zero():
-        save_run(trainer, tokenizer, args, training_args, model_args, model_name, out, result.metrics, seconds)
+        save_run(trainer, tokenizer, args, training_args, model_args, model_name, out, result.metrics, clock.totals())
     return out
 
 
@@ -266,20 +317,22 @@ def save_run(
     model_name: str,
     out: Path,
     metrics: dict,
-    seconds: float,
+    clock: dict[str, float | int],
 ) -> None:
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     history = trainer.state.log_history
     micro_batches = trainer.state.global_step * training_args.gradient_accumulation_steps
     batches = batch_statistics(trainer, min(micro_batches, 2000))
+    seconds = clock["train_seconds"]
+    timed_steps = trainer.state.global_step - clock["timed_from_step"]
     log = {
         "metrics": metrics,
-        "train_seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
+        **clock,  # train_seconds / train_cpu_seconds: summed over resumed segments, from step timed_from_step
+        "seconds_per_step": round(seconds / max(timed_steps, 1), 3),
         "padding_fraction": round(batches["padding_fraction"], 4),
         "tokens_per_second": round(batches["real_tokens"] / seconds, 1)
-        if batches["batches"] == micro_batches
+        if batches["batches"] == micro_batches and clock["timed_from_step"] == 0
         else None,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "log_history": history,

@@ -167,6 +167,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(workspace, tmp_path):
         assert torch.allclose(resumed_state[key], straight_state[key], atol=1e-6), key
     log = json.loads((killed / "training_log.json").read_text())
     assert max(row["step"] for row in log["log_history"] if "loss" in row) == target
+    # The training time of the killed segment is carried over, not lost with the process.
+    before = json.loads((killed / f"checkpoint-{checkpoints[-1]}" / "train_clock.json").read_text())
+    assert before["timed_from_step"] == 0 and before["train_seconds"] > 0
+    assert log["timed_from_step"] == 0 and log["train_seconds"] > before["train_seconds"]
+    assert log["train_cpu_seconds"] > before["train_cpu_seconds"]
 
 
 def test_completion_position_loss_equals_the_full_logits_loss():
@@ -218,6 +223,36 @@ def test_two_process_data_parallel_matches_one_process_with_the_same_effective_b
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-3)
     lora_b = [key for key in one if "lora_B" in key]
     assert any(float(one[key].abs().max()) > 0 for key in lora_b)  # training did move the weights
+
+
+def test_training_clock_adds_the_time_saved_in_the_resumed_checkpoint(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from llmrec.training import TrainingClock
+
+    timed = tmp_path / "checkpoint-40"
+    timed.mkdir()
+    saved = {"train_seconds": 1000.0, "train_cpu_seconds": 1900.0, "timed_from_step": 0}
+    (timed / "train_clock.json").write_text(json.dumps(saved))
+    clock = TrainingClock(str(timed))
+    clock.on_train_begin(None, None, None)
+    totals = clock.totals()
+    assert 1000.0 <= totals["train_seconds"] < 1010.0 and 1900.0 <= totals["train_cpu_seconds"] < 1910.0
+    assert totals["timed_from_step"] == 0
+
+    # At the next checkpoint the running total is written into that checkpoint's folder.
+    (tmp_path / "checkpoint-60").mkdir()
+    state = SimpleNamespace(global_step=60, is_world_process_zero=True)
+    clock.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    assert json.loads((tmp_path / "checkpoint-60" / "train_clock.json").read_text())["train_seconds"] >= 1000.0
+
+    # A checkpoint without the file: the count starts at its step, and the log says so.
+    untimed = tmp_path / "checkpoint-20"
+    untimed.mkdir()
+    with caplog.at_level("WARNING", logger="llmrec.training"):
+        clock = TrainingClock(str(untimed))
+    assert clock.totals()["timed_from_step"] == 20 and clock.totals()["train_seconds"] < 10.0
+    assert "before step 20 is unknown" in caplog.text
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
