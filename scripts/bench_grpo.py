@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 import yaml
-from bench_quality import trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from eval.metrics import ndcg_gains, paired_bootstrap
@@ -109,7 +109,7 @@ def grpo_summary(run: Path) -> dict:
         "mode": script["mode"],
         "beta": training["beta"],
         "learning_rate": training["learning_rate"],
-        "train_cpu_minutes": round(log["train_seconds"] / 60, 1),
+        "train_cpu_minutes": round(run_train_seconds(run) / 60, 1),
         "reward_start": reward_window(log["log_history"], first=True),
         "reward_end": reward_window(log["log_history"], first=False),
     }

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from bench_quality import trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from llmrec.data.dataset import load_dataset
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> None:
             {
                 "layers": layers,
                 "steps": steps,
-                "train_minutes": round(log["train_seconds"] / 60, 1),
+                "train_minutes": round(run_train_seconds(run) / 60, 1),
                 "seconds_per_step": log["seconds_per_step"],
                 "tokens_per_second": log["tokens_per_second"],
                 "final_train_loss": log["metrics"]["train_loss"],

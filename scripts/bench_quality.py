@@ -97,6 +97,19 @@ def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sf
     return out
 
 
+def run_train_seconds(run: Path) -> float:
+    """A run's training wall seconds over all its resumed segments; refuses a run whose time is only partly known
+    (resumed from a checkpoint without `train_clock.json`), rather than report too low a cost."""
+    log = json.loads((run / "training_log.json").read_text(encoding="utf-8"))
+    if log.get("timed_from_step", 0):
+        raise SystemExit(
+            f"{run}/training_log.json counts training time from step {log['timed_from_step']} only (resumed from a "
+            "checkpoint without train_clock.json): its cost is unknown. Retrain it, or add that checkpoint's "
+            "measured time to its train_clock.json before resuming."
+        )
+    return log["train_seconds"]
+
+
 def summary(rows: list[dict]) -> dict:
     """Mean and sample standard deviation of every metric over seeds."""
     out = {}
@@ -241,7 +254,7 @@ def main(args: argparse.Namespace) -> None:
                 evaluate_run_cached(run, dataset, "test", raw / f"llmrec_{name}.json", num_beams=args.num_beams)
             )
             rows[-1]["seed"] = seed
-            train_seconds.append(json.loads((run / "training_log.json").read_text())["train_seconds"])
+            train_seconds.append(run_train_seconds(run))
         recipe = yaml.safe_load(sft_config.read_text())
         layers = recipe.get("keep_layers") or "all"
         models.append(

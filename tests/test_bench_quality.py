@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,13 @@ def test_each_recipe_can_have_its_own_seeds():
         bench_quality.recipe_with_seeds("configs/a.yaml=42;43")
     with pytest.raises(argparse.ArgumentTypeError, match="listed twice"):
         bench_quality.recipe_with_seeds("configs/a.yaml=42,42")
+
+
+def test_a_run_with_partly_unknown_training_time_is_refused(tmp_path):
+    (tmp_path / "training_log.json").write_text(json.dumps({"train_seconds": 50.0, "timed_from_step": 0}))
+    assert bench_quality.run_train_seconds(tmp_path) == 50.0
+    (tmp_path / "training_log.json").write_text(json.dumps({"train_seconds": 50.0}))  # logged before the clock
+    assert bench_quality.run_train_seconds(tmp_path) == 50.0
+    (tmp_path / "training_log.json").write_text(json.dumps({"train_seconds": 50.0, "timed_from_step": 300}))
+    with pytest.raises(SystemExit, match="from step 300 only"):
+        bench_quality.run_train_seconds(tmp_path)
