@@ -397,7 +397,17 @@ def run_grpo(args: GRPOScriptArguments, training_args: GRPOConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
         sft = Path(args.sft_run)
-        save_grpo_run(trainer, sft_config, args, training_args, sft, out, result.metrics, clock.totals(), num_prompts)
+        save_grpo_run(
+            trainer,
+            sft_config,
+            args,
+            training_args,
+            sft,
+            out,
+            result.metrics,
+            clock.log_fields(trainer.state.global_step),
+            num_prompts,
+        )
     return out
 
 
@@ -445,10 +455,7 @@ def save_grpo_run(
         out / "training_log.json",
         {
             "metrics": metrics,
-            **clock,  # summed over resumed segments, from step timed_from_step
-            "seconds_per_step": round(
-                clock["train_seconds"] / max(trainer.state.global_step - clock["timed_from_step"], 1), 3
-            ),
+            **clock,  # summed over resumed segments, from step timed_from_step; seconds_per_step
             "log_history": history,
         },
     )

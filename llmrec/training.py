@@ -143,6 +143,12 @@ class TrainingClock(TrainerCallback):
             "timed_from_step": self.timed_from_step,
         }
 
+    def log_fields(self, global_step: int) -> dict[str, float | int]:
+        """`totals()` plus `seconds_per_step` over the timed steps, for a run's `training_log.json`."""
+        totals = self.totals()
+        timed_steps = max(global_step - self.timed_from_step, 1)
+        return {**totals, "seconds_per_step": round(totals["train_seconds"] / timed_steps, 3)}
+
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -304,7 +310,17 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
     trainer.add_callback(clock)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
-        save_run(trainer, tokenizer, args, training_args, model_args, model_name, out, result.metrics, clock.totals())
+        save_run(
+            trainer,
+            tokenizer,
+            args,
+            training_args,
+            model_args,
+            model_name,
+            out,
+            result.metrics,
+            clock.log_fields(trainer.state.global_step),
+        )
     return out
 
 
@@ -325,11 +341,9 @@ def save_run(
     micro_batches = trainer.state.global_step * training_args.gradient_accumulation_steps
     batches = batch_statistics(trainer, min(micro_batches, 2000))
     seconds = clock["train_seconds"]
-    timed_steps = trainer.state.global_step - clock["timed_from_step"]
     log = {
         "metrics": metrics,
         **clock,  # train_seconds / train_cpu_seconds: summed over resumed segments, from step timed_from_step
-        "seconds_per_step": round(seconds / max(timed_steps, 1), 3),
         "padding_fraction": round(batches["padding_fraction"], 4),
         "tokens_per_second": round(batches["real_tokens"] / seconds, 1)
         if batches["batches"] == micro_batches and clock["timed_from_step"] == 0
