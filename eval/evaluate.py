@@ -110,6 +110,7 @@ def evaluate_run(
         "n_users": len(users),
         "config": {"k": k, "num_beams": num_beams or 2 * k, "exclude_seen": True},
         "run_index_sha256": sha256_file(Path(run_dir) / "sid_index.json"),
+        "run_sids_sha256": recommender.index.sids_sha256(),
         "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
         "dataset_sha256": dataset.meta["files"],
         "wall_time_s": round(time.perf_counter() - started, 3),

@@ -13,6 +13,8 @@ items, and (given a catalog) cover exactly the catalog's items.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,6 +118,18 @@ class SemanticIdIndex:
     def item_of(self) -> dict[Sid, str]:
         """SID -> item id (SIDs are unique, so this inverts `items`)."""
         return {sid: item_id for item_id, sid in self.items.items()}
+
+    def sids_sha256(self) -> str:
+        """Checksum of what the index means, not how it was built: tokens and every item's SID, in catalog order.
+        Two builds that assign the same SIDs agree here even though their files differ (timings in `stats`), so a
+        result can be tied to its SIDs after the index file is gone or rebuilt."""
+        meaning = {
+            "codebook_sizes": list(self.codebook_sizes),
+            "level_names": list(self.level_names),
+            "token_template": self.token_template,
+            "items": [[item_id, [int(code) for code in sid]] for item_id, sid in self.items.items()],
+        }
+        return hashlib.sha256(json.dumps(meaning, separators=(",", ":")).encode("utf-8")).hexdigest()
 
     def to_json(self) -> dict:
         return {

@@ -110,6 +110,43 @@ def run_train_seconds(run: Path) -> float:
     return log["train_seconds"]
 
 
+def reusable_without_run(saved: dict, dataset, num_beams: int | None) -> bool:
+    """Whether a cached llmrec result can stand in for its deleted run folder: it scored this dataset's exact split
+    files on the test split for every user with this beam width, and it carries its run's training time. (With
+    the run present, `evaluate_run_cached` checks the adapter checksum instead.)"""
+    return (
+        saved.get("dataset_sha256") == dataset.meta["files"]
+        and saved.get("split") == "test"
+        and saved.get("n_users") == len(dataset.load_split().users)
+        and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
+        and "train_seconds" in saved
+    )
+
+
+def llmrec_seed_result(
+    config: Path, run: Path, overrides: list[str], dataset, raw_path: Path, num_beams: int | None
+) -> dict:
+    """Test metrics and training seconds of one llmrec recipe and seed. The run folder is trained (or resumed, or
+    reused) and scored, and its training time is saved into the raw result; if the folder is gone (a new machine)
+    but a matching raw result holds its scores and training time, that result is reused instead of retraining
+    for an hour. Delete the raw file to retrain."""
+    if not (run / "run_config.json").is_file() and raw_path.is_file():
+        saved = json.loads(raw_path.read_text(encoding="utf-8"))
+        if reusable_without_run(saved, dataset, num_beams):
+            logging.warning(
+                "%s is gone: reusing its scores and training time from %s (adapter sha256 %s).",
+                run, raw_path, saved.get("run_adapter_sha256"),
+            )  # fmt: skip
+            return saved
+    run = trained_run(config, run, overrides)
+    row = evaluate_run_cached(run, dataset, "test", raw_path, num_beams=num_beams)
+    seconds = run_train_seconds(run)
+    if row.get("train_seconds") != seconds:
+        row["train_seconds"] = seconds
+        save_metrics(row, raw_path)
+    return row
+
+
 def summary(rows: list[dict]) -> dict:
     """Mean and sample standard deviation of every metric over seeds."""
     out = {}
@@ -249,12 +286,12 @@ def main(args: argparse.Namespace) -> None:
             name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
             overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
             overrides += ["--index_path", str(dataset.path / "sid_index.json")]
-            run = trained_run(sft_config, args.runs / dataset.name / name, overrides)
-            rows.append(
-                evaluate_run_cached(run, dataset, "test", raw / f"llmrec_{name}.json", num_beams=args.num_beams)
-            )
-            rows[-1]["seed"] = seed
-            train_seconds.append(run_train_seconds(run))
+            row = llmrec_seed_result(
+                sft_config, args.runs / dataset.name / name, overrides, dataset, raw / f"llmrec_{name}.json",
+                args.num_beams,
+            )  # fmt: skip
+            rows.append({**row, "seed": seed})
+            train_seconds.append(row["train_seconds"])
         recipe = yaml.safe_load(sft_config.read_text())
         layers = recipe.get("keep_layers") or "all"
         models.append(

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,3 +67,48 @@ def test_a_run_with_partly_unknown_training_time_is_refused(tmp_path):
     (tmp_path / "training_log.json").write_text(json.dumps({"train_seconds": 50.0, "timed_from_step": 300}))
     with pytest.raises(SystemExit, match="from step 300 only"):
         bench_quality.run_train_seconds(tmp_path)
+
+
+def fake_dataset(files=FILES, users=3, items=50):
+    split = SimpleNamespace(users=[object()] * users)
+    return SimpleNamespace(meta={"files": files}, items=[f"i{n}" for n in range(items)], load_split=lambda: split)
+
+
+def raw_result(**changes) -> dict:
+    saved = {"dataset_sha256": FILES, "split": "test", "n_users": 3, "config": {"num_beams": 40}, "ndcg@10": 0.1}
+    return {**saved, "train_seconds": 600.0, **changes}
+
+
+def test_a_cached_result_stands_in_for_a_deleted_run_only_when_it_matches():
+    dataset = fake_dataset()
+    assert bench_quality.reusable_without_run(raw_result(), dataset, None)
+    assert bench_quality.reusable_without_run(raw_result(config={"num_beams": 8}), dataset, 8)
+    assert not bench_quality.reusable_without_run(raw_result(), dataset, 8)  # another beam width
+    assert not bench_quality.reusable_without_run(raw_result(dataset_sha256={"train.jsonl": "x"}), dataset, None)
+    assert not bench_quality.reusable_without_run(raw_result(split="valid"), dataset, None)
+    assert not bench_quality.reusable_without_run(raw_result(n_users=2), dataset, None)  # a --max-users run
+    without_time = raw_result()
+    del without_time["train_seconds"]
+    assert not bench_quality.reusable_without_run(without_time, dataset, None)
+
+
+def test_llmrec_result_reuses_the_raw_file_of_a_deleted_run_and_else_trains(tmp_path, monkeypatch):
+    dataset, raw, run = fake_dataset(), tmp_path / "raw.json", tmp_path / "run"
+    trained = []
+
+    def train(config, out, overrides):
+        trained.append(out)
+        out.mkdir()
+        (out / "training_log.json").write_text(json.dumps({"train_seconds": 42.0, "timed_from_step": 0}))
+        return out
+
+    monkeypatch.setattr(bench_quality, "trained_run", train)
+    monkeypatch.setattr(bench_quality, "evaluate_run_cached", lambda *args, **kwargs: raw_result(train_seconds=None))
+    raw.write_text(json.dumps(raw_result()))
+    assert bench_quality.llmrec_seed_result(Path("r.yaml"), run, [], dataset, raw, None)["train_seconds"] == 600.0
+    assert trained == []  # the run folder is gone, its raw result matches: no retraining
+
+    raw.write_text(json.dumps(raw_result(split="valid")))  # does not match: train and score again
+    row = bench_quality.llmrec_seed_result(Path("r.yaml"), run, [], dataset, raw, None)
+    assert trained == [run] and row["train_seconds"] == 42.0
+    assert json.loads(raw.read_text())["train_seconds"] == 42.0  # saved for the day the run folder is gone

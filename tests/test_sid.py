@@ -124,6 +124,19 @@ def test_item_of_inverts_items():
     assert index.item_of()[(7, 3, 4)] == "m5"
 
 
+def test_sids_checksum_covers_the_sids_and_tokens_but_not_build_diagnostics():
+    index = make_index()
+    same_sids = SemanticIdIndex(
+        dict(index.items), index.codebook_sizes, source={"other": 1}, stats={"total_seconds": 99.0}
+    )
+    assert same_sids.sids_sha256() == index.sids_sha256()
+    moved = dict(index.items)
+    moved["z9"] = (0, 0, 0)
+    assert SemanticIdIndex(moved, index.codebook_sizes).sids_sha256() != index.sids_sha256()
+    renamed = SemanticIdIndex(dict(index.items), index.codebook_sizes, level_names=("x", "y", "z"))
+    assert renamed.sids_sha256() != index.sids_sha256()
+
+
 # --- save / load -----------------------------------------------------------------------------------------------
 
 

@@ -449,3 +449,27 @@ def test_item_labels_splits_and_picks_the_field():
     }
     assert item_labels(items) == ("categories", {"a": {"office", "paper", "pens"}, "b": {"office", "ink"}, "c": set()})
     assert item_labels(items, "brand") == (None, {})  # only 1 of 3 items has a brand
+
+
+def test_rqvae_training_is_bit_for_bit_repeatable_on_several_threads():
+    """Two trainings with one seed give the same codebooks even multi-threaded (the codebook lookup's backward
+    adds in a varying order unless torch's deterministic algorithms are on), and the global flag is restored."""
+    import torch
+
+    from tokenizer.train import train_rqvae
+
+    x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)  # (N, D)
+    # Without the deterministic algorithms, this size differed between two runs on 2 threads within 60 steps.
+    config = QuantizerConfig(
+        method="rqvae", num_levels=3, codebook_size=256, hidden_dims=(64,), latent_dim=32, epochs=1, min_steps=60,
+        batch_size=1024,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, _ = train_rqvae(x, config)
+        second, _ = train_rqvae(x, config)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(first.codebooks, second.codebooks)
+    assert not torch.are_deterministic_algorithms_enabled()

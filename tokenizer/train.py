@@ -80,7 +80,20 @@ def reseed_dead_codes(model: RQVAE, usage: torch.Tensor, residuals: list[torch.T
 
 
 def train_rqvae(x: np.ndarray, config: QuantizerConfig) -> tuple[ResidualCodebooks, dict]:
-    """Train an RQ-VAE on item embeddings `x` (N, D); returns the codebooks with encoder/decoder and a history."""
+    """Train an RQ-VAE on item embeddings `x` (N, D); returns the codebooks with encoder/decoder and a history.
+
+    Runs with torch's deterministic algorithms: the multi-threaded backward of the codebook lookup adds in a
+    varying order otherwise, and the rounding differences grow until two builds with the same seed share no SID.
+    """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train_rqvae(x, config)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train_rqvae(x: np.ndarray, config: QuantizerConfig) -> tuple[ResidualCodebooks, dict]:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     shift, scale = fit_normalizer(x)
