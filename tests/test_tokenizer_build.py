@@ -251,7 +251,7 @@ def test_check_finite():
 
 @pytest.mark.parametrize("modalities", [("audio",), ("text", "video"), ()])
 def test_embedding_config_rejects_unknown_modalities(modalities):
-    with pytest.raises(ValueError, match="modalities must be a non-empty subset of text,image"):
+    with pytest.raises(ValueError, match="modalities must be distinct names among text, image, cf"):
         EmbeddingConfig(modalities=modalities)
 
 
@@ -473,3 +473,40 @@ def test_rqvae_training_is_bit_for_bit_repeatable_on_several_threads():
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(first.codebooks, second.codebooks)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+# --- collaborative modality -------------------------------------------------------------------------------------
+
+
+def test_cf_block_uses_training_interactions_only(dataset_a):
+    """Users u0-u7 consume i(k)..i(k+3): training holds i00-i08; i09 and i10 appear only as validation or test
+    targets, i11+ never, so their cf blocks are zero and only their text places them."""
+    config = EmbeddingConfig(modalities=("text", "cf"), text_encoder="hash-32", cf_dim=4)
+    histories = [user.train for user in dataset_a.load_split().users]
+    fused, summary = embed_items(dataset_a.items, config, None, None, HashEncoder(32), histories=histories)
+    cf = fused[:, 32:]  # (N, cf_dim) after the 32-d text block
+    trained = {item for history in histories for item in history}
+    assert trained == {f"i{n:02d}" for n in range(9)} and summary["items_with_cf"] == 9
+    for row, item_id in enumerate(dataset_a.items):
+        assert bool(cf[row].any()) == (item_id in trained), item_id
+    with pytest.raises(DataError, match="modality 'cf' needs the users' training histories"):
+        embed_items(dataset_a.items, config, None, None, HashEncoder(32))
+
+
+def test_text_cf_index_builds_and_grows_new_items_by_text(dataset_a, dataset_b, tmp_path):
+    out = tmp_path / "sid_index.json"
+    index = build_index(dataset_a, out, hash_config(modalities=("text", "cf"), cf_dim=4), text_encoder=HashEncoder(32))
+    check_built_index(index, out, dataset_a, "rqkmeans")
+    assert index.source["embedding"]["cf_dim"] == 4 and index.source["input_dim"] == 36
+    grown = add_items(index, out, dataset_b, tmp_path / "grown.json", text_encoder=HashEncoder(32))
+    assert all(grown.items[item_id] == sid for item_id, sid in index.items.items())
+    assert len(set(grown.items.values())) == len(grown.items) == 45
+
+
+def test_modalities_must_be_known_and_distinct():
+    with pytest.raises(ValueError, match="distinct names among text, image, cf"):
+        EmbeddingConfig(modalities=("text", "ratings"))
+    with pytest.raises(ValueError, match="distinct names"):
+        EmbeddingConfig(modalities=("text", "text"))
+    with pytest.raises(ValueError, match="cf_dim must be >= 1"):
+        EmbeddingConfig(modalities=("text", "cf"), cf_dim=0)

@@ -156,8 +156,10 @@ def build_one_index(
     if image_encoder is not None:
         embedding = replace(embedding, image_encoder=image_encoder.name)
     started = time.perf_counter()
+    # The cf modality sees the training part of the leave-one-out split only: no validation or test target.
+    histories = [user.train for user in dataset.load_split().users] if "cf" in embedding.modalities else None
     embeddings, embed_summary = embed_items(
-        dataset.items, embedding, cache, dataset.path, text_encoder, image_encoder
+        dataset.items, embedding, cache, dataset.path, text_encoder, image_encoder, histories=histories
     )  # (N, D)
     embed_seconds = time.perf_counter() - started
     codebooks, codes, codebook_sizes, stats = quantize_embeddings(embeddings, quantizer)
@@ -202,6 +204,8 @@ def embedding_config_of(index: SemanticIdIndex) -> EmbeddingConfig:
         image_encoder=saved["image_encoder"],
         text_weight=saved["text_weight"],
         image_weight=saved["image_weight"],
+        cf_weight=saved.get("cf_weight", 1.0),  # indices built before the cf modality lack these two
+        cf_dim=saved.get("cf_dim", 64),
         template=template,
     )
 
@@ -239,6 +243,7 @@ def add_items(
             text_encoder,
             image_encoder,
             image_dim=index.source["embedding"].get("image_dim"),
+            cf_dim=index.source["embedding"].get("cf_dim"),
         )
         if embeddings.shape[1] != index.source["input_dim"]:
             raise DataError(

@@ -35,11 +35,15 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder")
     build.add_argument("--out", type=Path, required=True, help="sid_index.json to write")
     build.add_argument("--method", choices=("rqvae", "rqkmeans"), default=defaults.method)
-    build.add_argument("--modalities", default="text", help="comma-separated: text, image or text,image")
+    build.add_argument(
+        "--modalities", default="text", help="comma-separated among text, image, cf (co-consumption), e.g. text,cf"
+    )
     build.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, help="sentence-transformers name or path")
     build.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help="efficientnet-lite0 or an ST model")
     build.add_argument("--text-weight", type=float, default=1.0)
     build.add_argument("--image-weight", type=float, default=1.0)
+    build.add_argument("--cf-weight", type=float, default=1.0, help="weight of the cf block in the fused vector")
+    build.add_argument("--cf-dim", type=int, default=64, help="singular vectors kept for the cf modality")
     build.add_argument(
         "--per-modality", action="store_true", help="one index per modality (MQL4GRec) instead of one fused SID"
     )
@@ -103,6 +107,8 @@ def run_index_command(args: argparse.Namespace) -> None:
             image_encoder=args.image_encoder,
             text_weight=args.text_weight,
             image_weight=args.image_weight,
+            cf_weight=args.cf_weight,
+            cf_dim=args.cf_dim,
             template=TextTemplate(tuple(part.strip() for part in args.text_fields.split(",") if part.strip())),
         )
         quantizer = QuantizerConfig(

@@ -12,6 +12,7 @@ from llmrec.schemas import Item
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+MODALITIES = ("text", "image", "cf")
 DEFAULT_TEXT_FIELDS = ("title", "brand", "categories", "genres", "year", "features", "description")
 
 
@@ -46,10 +47,13 @@ class EmbeddingConfig:
     > Parameters that control item embeddings
 
     Args:
-        modalities (`tuple[str, ...]`, *optional*, defaults to `("text",)`): `text`, `image` or both.
+        modalities (`tuple[str, ...]`, *optional*, defaults to `("text",)`): any of `text`, `image` and `cf`
+            (collaborative: co-consumption in the training interactions, `tokenizer.collaborative`).
         text_encoder (`str`, *optional*): sentence-transformers name or path; default the offline MiniLM-L6.
         image_encoder (`str`, *optional*): `efficientnet-lite0` (offline) or a sentence-transformers image model.
-        text_weight / image_weight (`float`, *optional*, defaults to `1.0`): fusion weights after L2 normalisation.
+        text_weight / image_weight / cf_weight (`float`, *optional*, defaults to `1.0`): fusion weights after L2
+            normalisation.
+        cf_dim (`int`, *optional*, defaults to `64`): singular vectors kept for the `cf` modality.
         template (`TextTemplate`, *optional*): how item fields become text.
     """
 
@@ -58,12 +62,18 @@ class EmbeddingConfig:
     image_encoder: str = DEFAULT_IMAGE_ENCODER
     text_weight: float = 1.0
     image_weight: float = 1.0
+    cf_weight: float = 1.0
+    cf_dim: int = 64
     template: TextTemplate = TextTemplate()
 
     def __post_init__(self) -> None:
-        unknown = set(self.modalities) - {"text", "image"}
-        if unknown or not self.modalities:
-            raise ValueError(f"modalities must be a non-empty subset of text,image; got {self.modalities}.")
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(
+                f"modalities must be distinct names among {', '.join(MODALITIES)}; got {self.modalities}."
+            )
+        if self.cf_dim < 1:
+            raise ValueError(f"cf_dim must be >= 1, got {self.cf_dim}.")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,4 +1,5 @@
-"""Item embeddings: text through any sentence-transformers model, images through `tokenizer.image`, fused.
+"""Item embeddings: text through any sentence-transformers model, images through `tokenizer.image`, co-consumption
+through `tokenizer.collaborative`, fused.
 
 The text of an item is rendered from its fields by `TextTemplate` ("Toy Story. Genres: Animation, Comedy. Year:
 1995"). Embeddings are cached as `<cache>/<modality>-<encoder>.npy` + `.json` (encoder, dim, template, checksum of
@@ -178,6 +179,34 @@ def resolve_image_path(image: str | None, base: Path | None) -> str | None:
     return str(path if path.is_absolute() or base is None else base / path)
 
 
+def image_block(
+    items: dict[str, Item],
+    paths: list[str | None],
+    have: list[int],
+    config: EmbeddingConfig,
+    cache: Path | None,
+    image_encoder: Encoder | None,
+) -> np.ndarray:
+    """`(N, D_img)` image embeddings, zero rows for the items without a local image (`have`: those with one)."""
+    item_ids = list(items)
+    if config.modalities == ("image",) and len(have) < len(item_ids):
+        missing = [item_ids[i] for i, path in enumerate(paths) if path is None]
+        raise DataError(
+            f"an image-only SID needs an image for every item; {len(missing)} have none (e.g. {missing[:5]}). "
+            "Add images, or fuse text and image into one SID instead of one SID per modality."
+        )
+    from tokenizer.image import load_image_embedder
+
+    name = image_encoder.name if image_encoder else config.image_encoder
+    vectors = cached_embeddings(
+        [paths[i] for i in have], [item_ids[i] for i in have],
+        lambda: image_encoder or load_image_embedder(config.image_encoder), name, cache, "image",
+    )  # fmt: skip
+    full = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float32)  # (N, D_img); zero = no image
+    full[have] = vectors
+    return full
+
+
 def embed_items(
     items: dict[str, Item],
     config: EmbeddingConfig,
@@ -186,12 +215,16 @@ def embed_items(
     text_encoder: Encoder | None = None,
     image_encoder: Encoder | None = None,
     image_dim: int | None = None,
+    histories: Sequence[Sequence[str]] | None = None,
+    cf_dim: int | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Fused `(N, D)` embeddings of `items` in catalog order, and a summary (dims, image coverage).
+    """Fused `(N, D)` embeddings of `items` in catalog order, and a summary (dims, image and interaction coverage).
 
     `text_encoder` / `image_encoder` override the configured ones (tests pass a `HashEncoder`). `image_dim` is
     the image block's width when it is known in advance (adding items to an index): then items that all lack an
-    image get zero blocks, as they would in a full build, instead of an error.
+    image get zero blocks, as they would in a full build, instead of an error. The `cf` modality needs the users'
+    training `histories`; given `cf_dim` instead (adding items), every item gets a zero block of that width: new
+    items have no interactions the saved quantizer has seen, so their text (and image) place them.
     """
     item_ids = list(items)
     blocks, summary = [], {"modalities": list(config.modalities)}
@@ -210,26 +243,27 @@ def embed_items(
         summary["items_with_image"] = len(have)
         if not have and image_dim is not None and config.modalities != ("image",):
             blocks.append((np.zeros((len(item_ids), image_dim), dtype=np.float32), config.image_weight))
-            return fuse(blocks), {**summary, "image_dim": image_dim}
-        if not have:
+            summary["image_dim"] = image_dim
+        elif not have:
             raise DataError("modality 'image' asked for, but no item has a local image file; drop image or add paths.")
-        if config.modalities == ("image",) and len(have) < len(item_ids):
-            missing = [item_ids[i] for i, path in enumerate(paths) if path is None]
-            raise DataError(
-                f"an image-only SID needs an image for every item; {len(missing)} have none (e.g. {missing[:5]}). "
-                "Add images, or fuse text and image into one SID instead of one SID per modality."
-            )
-        from tokenizer.image import load_image_embedder
+        else:
+            blocks.append((image_block(items, paths, have, config, cache, image_encoder), config.image_weight))
+            summary["image_dim"] = int(blocks[-1][0].shape[1])
+    if "cf" in config.modalities:
+        if histories is not None:
+            from tokenizer.collaborative import collaborative_embeddings
 
-        name = image_encoder.name if image_encoder else config.image_encoder
-        vectors = cached_embeddings(
-            [paths[i] for i in have], [item_ids[i] for i in have],
-            lambda: image_encoder or load_image_embedder(config.image_encoder), name, cache, "image",
-        )  # fmt: skip
-        full = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float32)  # (N, D_img); zero = no image
-        full[have] = vectors
-        blocks.append((full, config.image_weight))
-        summary["image_dim"] = int(vectors.shape[1])
+            vectors, cf_summary = collaborative_embeddings(item_ids, histories, config.cf_dim)
+            summary.update(cf_summary)
+        elif cf_dim is not None and config.modalities != ("cf",):
+            vectors = np.zeros((len(item_ids), cf_dim), dtype=np.float32)
+            summary.update(cf_dim=cf_dim, items_with_cf=0)
+        else:
+            raise DataError(
+                "modality 'cf' needs the users' training histories (build_index passes the dataset's split); a "
+                "cf-only index cannot place items that have no interactions yet."
+            )
+        blocks.append((vectors, config.cf_weight))
     fused = fuse(blocks)
     check_finite(fused, item_ids, "fused embeddings")
     return fused, summary
