@@ -350,6 +350,7 @@ def test_cli_build_add_report(tiny_dataset, tiny_raw, tmp_path, capsys):
     report = json.loads((out.parent / "sid_index.report.json").read_text(encoding="utf-8"))
     assert report["items"] == 6 and report["collision_rate_after"] == 0.0 and report["method"] == "rqkmeans"
     assert report["coherence"]["field"] == "genres" and "prefix_group_sizes" not in report
+    assert report["sequence"]["training_pairs"] > 0 and "markov_hit@10" in report["sequence"]
 
     new_items = {i: Item(i, f"Title {i.upper()}", {"genres": "G3"}) for i in ("g", "h")}
     grown_raw = RawData("tiny", "fixture", {**tiny_raw.items, **new_items}, tiny_raw.interactions, [])
@@ -510,3 +511,21 @@ def test_modalities_must_be_known_and_distinct():
         EmbeddingConfig(modalities=("text", "text"))
     with pytest.raises(ValueError, match="cf_dim must be >= 1"):
         EmbeddingConfig(modalities=("text", "cf"), cf_dim=0)
+
+
+def test_sequence_coherence_by_hand():
+    from llmrec.data.split import UserSplit
+    from tokenizer.report import sequence_coherence
+
+    index = SemanticIdIndex({"a": (0, 0), "b": (0, 1), "c": (1, 0), "d": (1, 1)}, (2, 2))
+    users = [
+        UserSplit("u1", ("a", "b", "c"), "d", "a"),  # pairs 0->0, 0->1; last c (1), validation d (1)
+        UserSplit("u2", ("c", "d"), "c", "a"),  # pair 1->1; last d (1), validation c (1)
+        UserSplit("u3", ("b", "a"), "b", "c"),  # pair 0->0; last a (0), validation b (0)
+    ]
+    result = sequence_coherence(index, users, top=1)
+    # 3 of 4 pairs keep their first code; previous codes 3:1, next codes 2:2, so chance = .75*.5 + .25*.5 = .5.
+    assert result["next_same_first_code"] == 0.75 and result["chance"] == 0.5 and result["lift"] == 1.5
+    assert result["training_pairs"] == 4 and result["validation_users"] == 3
+    # Markov: code 1 follows code 1, code 0 follows code 0: all three hit. Most popular next code (tie -> 0): u3 only.
+    assert result["markov_hit@1"] == 1.0 and result["popular_hit@1"] == 0.3333

@@ -74,7 +74,7 @@ def write_report(index_path: Path, dataset_dir: Path, out: Path | None = None, f
     Build-time figures that cannot be recomputed from the index file (collision rate before resolution,
     reconstruction error, timings) are copied from the index's stats.
     """
-    from tokenizer.report import code_stats, plot_report, semantic_coherence
+    from tokenizer.report import code_stats, plot_report, semantic_coherence, sequence_coherence
 
     dataset = load_dataset(dataset_dir)
     index = load_index(index_path, dataset.items)
@@ -90,6 +90,7 @@ def write_report(index_path: Path, dataset_dir: Path, out: Path | None = None, f
         "collision_rate_after": 0.0,  # load_index rejects any index in which two items share a SID
         **code_stats(codes, index.codebook_sizes),
         "coherence": semantic_coherence(index, dataset.items, field),
+        "sequence": sequence_coherence(index, dataset.load_split().users),
     }
     out = out or index_path.with_name(index_path.stem + ".report.json")
     write_json_atomic(out, {key: value for key, value in stats.items() if key != "prefix_group_sizes"})

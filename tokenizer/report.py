@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from llmrec.data.split import UserSplit
 from llmrec.schemas import Item
 from llmrec.sid import SemanticIdIndex
 
@@ -97,6 +99,49 @@ def semantic_coherence(
         "random_pair_agreement": round(random_rate, 4),
         "lift": round(same_rate / max(random_rate, 1e-12), 3),
         "pairs": pairs,
+    }
+
+
+def sequence_coherence(index: SemanticIdIndex, users: Sequence[UserSplit], top: int = 10) -> dict:
+    """How well the first SID token follows a user's sequence: what the LM must predict first at every step.
+
+    - `next_same_first_code`: share of consecutive training pairs (previous, next item) whose first codes are equal,
+      against `chance`, the same share for independent draws from the first-code frequencies.
+    - `markov_hit@top`: a first-order Markov model over first codes, counted on the training pairs, ranks the first
+      code of each user's validation item given the last training item; the share ranked in the top `top`, next
+      to `popular_hit@top` (the `top` most frequent first codes regardless of history). Text-only SIDs of thin
+      catalog text (MovieLens titles) follow sequences worse than SIDs that include the `cf` modality.
+    """
+    first = {item_id: sid[0] for item_id, sid in index.items.items()}
+    size = index.codebook_sizes[0]
+    transitions = np.zeros((size, size))  # (K, K) counts of previous -> next first code
+    for user in users:
+        for previous, following in zip(user.train, user.train[1:], strict=False):
+            transitions[first[previous], first[following]] += 1
+    pairs = transitions.sum()
+    if pairs == 0:
+        return {"note": "no consecutive training pairs"}
+    same = float(np.trace(transitions) / pairs)
+    chance = float((transitions.sum(axis=1) / pairs) @ (transitions.sum(axis=0) / pairs))
+    popular = np.argsort(-transitions.sum(axis=0), kind="stable")[:top]
+    markov_hits, popular_hits, scored = 0, 0, 0
+    for user in users:
+        if not user.train:
+            continue
+        row = transitions[first[user.train[-1]]]
+        ranked = np.argsort(-row, kind="stable")[:top] if row.any() else popular
+        target = first[user.valid]
+        markov_hits += int(target in ranked)
+        popular_hits += int(target in popular)
+        scored += 1
+    return {
+        "next_same_first_code": round(same, 4),
+        "chance": round(chance, 4),
+        "lift": round(same / max(chance, 1e-12), 3),
+        "training_pairs": int(pairs),
+        f"markov_hit@{top}": round(markov_hits / max(scored, 1), 4),
+        f"popular_hit@{top}": round(popular_hits / max(scored, 1), 4),
+        "validation_users": scored,
     }
 
 
