@@ -82,6 +82,12 @@ def recipe_with_seeds(text: str) -> tuple[Path, list[int] | None]:
     return Path(path), parsed
 
 
+def recipe_index(recipe: dict, dataset_dir: Path) -> Path:
+    """The index a recipe trains on, looked up in the benchmarked dataset's folder: a recipe naming
+    `data/ml-100k/sid_index_cf.json` uses `<dataset_dir>/sid_index_cf.json`; one naming none, `sid_index.json`."""
+    return dataset_dir / Path(recipe.get("index_path") or "sid_index.json").name
+
+
 def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sft.py") -> Path:
     """Train (or resume, or reuse) one llmrec run with a documented entry point, `scripts/SCRIPT --config CONFIG
     --output_dir OUT *overrides` (sft.py or grpo.py), in a child process. Also used by bench_layers.py and
@@ -281,18 +287,18 @@ def main(args: argparse.Namespace) -> None:
         )
 
     for sft_config, recipe_seeds in args.sft_config or []:
+        recipe = yaml.safe_load(sft_config.read_text())
         rows, train_seconds = [], []
         for seed in recipe_seeds or args.llmrec_seeds or args.seeds:
             name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
             overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
-            overrides += ["--index_path", str(dataset.path / "sid_index.json")]
+            overrides += ["--index_path", str(recipe_index(recipe, dataset.path))]
             row = llmrec_seed_result(
                 sft_config, args.runs / dataset.name / name, overrides, dataset, raw / f"llmrec_{name}.json",
                 args.num_beams,
             )  # fmt: skip
             rows.append({**row, "seed": seed})
             train_seconds.append(row["train_seconds"])
-        recipe = yaml.safe_load(sft_config.read_text())
         layers = recipe.get("keep_layers") or "all"
         models.append(
             {

@@ -112,3 +112,9 @@ def test_llmrec_result_reuses_the_raw_file_of_a_deleted_run_and_else_trains(tmp_
     row = bench_quality.llmrec_seed_result(Path("r.yaml"), run, [], dataset, raw, None)
     assert trained == [run] and row["train_seconds"] == 42.0
     assert json.loads(raw.read_text())["train_seconds"] == 42.0  # saved for the day the run folder is gone
+
+
+def test_a_recipe_trains_on_its_own_index_file_in_the_benchmarked_dataset():
+    cf = {"index_path": "data/ml-100k/sid_index_cf.json"}
+    assert bench_quality.recipe_index(cf, Path("/tmp/ml")) == Path("/tmp/ml/sid_index_cf.json")
+    assert bench_quality.recipe_index({}, Path("/tmp/ml")) == Path("/tmp/ml/sid_index.json")
