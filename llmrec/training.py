@@ -346,8 +346,8 @@ def save_run(
         **clock,  # train_seconds / train_cpu_seconds: summed over resumed segments, from step timed_from_step
         "padding_fraction": round(batches["padding_fraction"], 4),
         "tokens_per_second": round(batches["real_tokens"] / seconds, 1)
-        if batches["batches"] == micro_batches and clock["timed_from_step"] == 0
-        else None,
+        if batches["batches"] == micro_batches and clock["timed_from_step"] == 0 and seconds > 0
+        else None,  # None: not every batch was measured, the time is partial, or too short to time (0.0 s)
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "log_history": history,
     }
