@@ -118,6 +118,19 @@ def evaluate_run(
     }
 
 
+def scored_alike(
+    saved: dict, dataset: Dataset, split: SplitName, max_users: int | None = None, num_beams: int | None = None
+) -> bool:
+    """Whether a saved llmrec result scored this `split` of `dataset` for the same users and with the same beam
+    width (`evaluate_run`'s default of 2 x 20 when `num_beams` is None)."""
+    users = max_users or len(dataset.load_split().users)
+    return (
+        saved.get("split") == split
+        and saved.get("n_users") == users
+        and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
+    )
+
+
 def evaluate_run_cached(
     run_dir: str | Path,
     dataset: Dataset,
@@ -131,14 +144,8 @@ def evaluate_run_cached(
     out = Path(out)
     if out.is_file():
         saved = json.loads(out.read_text(encoding="utf-8"))
-        users = max_users or len(dataset.load_split().users)
-        same = (
-            saved.get("run_adapter_sha256") == sha256_file(Path(run_dir) / "adapter_model.safetensors")
-            and saved.get("split") == split
-            and saved.get("n_users") == users
-            and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
-        )
-        if same:
+        adapter = sha256_file(Path(run_dir) / "adapter_model.safetensors")
+        if saved.get("run_adapter_sha256") == adapter and scored_alike(saved, dataset, split, max_users, num_beams):
             logger.info("Reusing %s", out)
             return saved
     metrics = evaluate_run(run_dir, dataset, split, num_beams=num_beams, max_users=max_users)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics
+from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics, scored_alike
 from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
@@ -122,9 +122,7 @@ def reusable_without_run(saved: dict, dataset, num_beams: int | None) -> bool:
     the run present, `evaluate_run_cached` checks the adapter checksum instead.)"""
     return (
         saved.get("dataset_sha256") == dataset.meta["files"]
-        and saved.get("split") == "test"
-        and saved.get("n_users") == len(dataset.load_split().users)
-        and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
+        and scored_alike(saved, dataset, "test", num_beams=num_beams)
         and "train_seconds" in saved
     )
 
