@@ -9,8 +9,6 @@
 - scores are log-softmax over the full vocabulary (over the output vocabulary for `sid_softmax` runs), summed over
   the SID tokens: the same numbers as HF's `sequences_scores` with `length_penalty=0.0`, and the exact
   log-probability of the item's SID under the model;
-- for `sid_softmax` runs the last hidden state is projected onto the output vocabulary's head rows only
-  (`NextTokenScorer`), as in training: the 49k-row LM-head projection and the 49k-wide softmax are skipped;
 - the beams' KV cache is allocated once, prompt plus SID length (`BeamKVLayer`): a step writes one position in
   place, and a beam reorder moves only the few SID positions, since all beams of a prompt share its prompt keys.
   HF's `DynamicCache` concatenates (copies) the whole cache at every step and reorders all of it (40 % of the CPU
@@ -27,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from llmrec.sid_softmax import OutputVocabulary, head_rows, restricted_log_softmax
+from llmrec.sid_softmax import restricted_log_softmax
 from llmrec.trie import SidTrie
 
 
@@ -99,66 +97,6 @@ def _beam_cache(model: torch.nn.Module, extra: int) -> Cache | None:
     return Cache(layers=[BeamKVLayer(extra) for _ in reference.layers])
 
 
-class NextTokenScorer:
-    """Log-probs of the next token at each sequence's last position, in one of two coordinate systems.
-
-    - Full vocabulary (`output_token_ids` is `None`): the model's logits, log-softmax over all `V` tokens; column `t`
-      is token `t`.
-    - Output vocabulary (a `sid_softmax` run): log-softmax over `V_out` tokens only. When the LM head is a plain
-      linear map (`head_rows` accepts it) the decoder's last hidden state is projected onto those `V_out` head rows
-      directly, the way training scored them, instead of computing all `V` logits and discarding most; column `j`
-      is `output_token_ids[j]`. Other heads fall back to the full logits, restricted (`restricted_log_softmax`).
-
-    `columns(token_ids)` maps token ids to the columns of `__call__`'s result in either case. `restrict_head=False`
-    always takes the full logits (for benchmarks and checks: the scores are the same).
-    """
-
-    def __init__(
-        self, model: torch.nn.Module, output_token_ids: torch.LongTensor | None, restrict_head: bool = True
-    ) -> None:
-        self.model, self.output_token_ids = model, output_token_ids
-        self.decoder, self.rows, self.vocabulary = None, None, None
-        if output_token_ids is None or not restrict_head:
-            return
-        vocab_size = max(int(getattr(model.config, "vocab_size", 0) or 0), int(output_token_ids.max()) + 1)
-        vocabulary = OutputVocabulary(output_token_ids.tolist(), vocab_size)
-        try:
-            decoder = model.get_decoder()
-            rows = head_rows(model, vocabulary)  # (V_out, D)
-        except (AttributeError, ValueError):  # no separable decoder, or a head that cannot be restricted
-            return
-        if decoder is None or decoder is model:
-            return
-        self.decoder, self.vocabulary = decoder, vocabulary
-        self.rows = rows.detach().to(next(model.parameters()).dtype)
-
-    @property
-    def restricted_head(self) -> bool:
-        """True when steps project onto the output vocabulary's head rows only."""
-        return self.decoder is not None
-
-    def columns(self, token_ids: torch.LongTensor) -> torch.LongTensor:
-        """The result columns holding `token_ids`' log-probs; a token outside the output vocabulary is an error."""
-        if not self.restricted_head:
-            return token_ids
-        columns = self.vocabulary.position.to(token_ids.device)[token_ids]
-        if (columns < 0).any():
-            token = int(token_ids[columns < 0][0])
-            raise ValueError(f"SID token id {token} is not in the run's output vocabulary; trie and run differ.")
-        return columns
-
-    def __call__(self, **inputs) -> tuple[torch.Tensor, Cache]:
-        """Run one forward pass (`input_ids`, `attention_mask`, `position_ids`, `past_key_values`); return the
-        last position's log-probs `(B, V)` or `(B, V_out)` and the updated cache."""
-        if not self.restricted_head:
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            return restricted_log_softmax(out.logits[:, -1, :], self.output_token_ids), out.past_key_values
-        out = self.decoder(**inputs, use_cache=True)
-        hidden = out.last_hidden_state[:, -1, :]  # (B, D)
-        logits = hidden @ self.rows.to(hidden.device).T  # (B, V_out)
-        return torch.log_softmax(logits.float(), dim=-1), out.past_key_values
-
-
 @torch.no_grad()
 def constrained_beam_search(
     model: torch.nn.Module,
@@ -201,25 +139,26 @@ def constrained_beam_search(
     trie.to(device)
     remaining = trie.remaining_leaves(exclude) if exclude is not None else None
     beam_offsets = torch.arange(batch, device=device)[:, None] * num_beams  # (B, 1)
-    scorer = NextTokenScorer(model, output_token_ids)
-    level_columns = [scorer.columns(ids) for ids in trie.token_ids]  # per level (K_m,): columns of the log-probs
 
     # Positions count only real tokens, as in HF `generate`, so a left-padded prompt is encoded like an unpadded one.
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # (B, L)
-    log_probs, cache = scorer(
+    out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=_beam_cache(model, extra=trie.num_levels - 1),
+        use_cache=True,
+        logits_to_keep=1,
     )
-    log_probs = log_probs[:, None, :]  # (B, 1, V): all beams (V_out columns for a restricted head)
+    cache = out.past_key_values
+    log_probs = restricted_log_softmax(out.logits[:, -1, :], output_token_ids)[:, None, :]  # (B, 1, V): all beams
 
     # Beam 0 starts at the root; the others start dead (-inf), so step 0 picks distinct first codes.
     scores = torch.full((batch, num_beams), -torch.inf, device=device)  # (B, K)
     scores[:, 0] = 0.0
     nodes = torch.zeros(batch, num_beams, dtype=torch.long, device=device)  # (B, K)
     for level in range(trie.num_levels):
-        code_log_probs = log_probs[..., level_columns[level]]  # (B, K or 1, K_m)
+        code_log_probs = log_probs[..., trie.token_ids[level]]  # (B, K or 1, K_m)
         child, allowed = trie.allowed(level, nodes, remaining)  # (B, K, K_m)
         candidates = (scores[..., None] + code_log_probs).masked_fill(~allowed, -torch.inf)  # (B, K, K_m)
         scores, flat = candidates.view(batch, -1).topk(num_beams, dim=-1)  # (B, K): best (beam, code) pairs
@@ -240,12 +179,16 @@ def constrained_beam_search(
             cache.reorder_cache((beam_idx + beam_offsets).view(-1))
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch * num_beams, 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1  # (B * K, 1)
-        log_probs, cache = scorer(
+        out = model(
             input_ids=trie.token_ids[level][codes].view(-1, 1),  # (B * K, 1)
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
+        cache = out.past_key_values
+        log_probs = restricted_log_softmax(out.logits[:, -1, :], output_token_ids)  # (B * K, V)
         log_probs = log_probs.view(batch, num_beams, -1)  # (B, K, V)
 
     results = []

@@ -5,13 +5,11 @@
 Per-user latency for top-10 (10 beams, history 20, batch 1) for both decoders on the same test prompts, the
 physical limit (one prefill + one decode step per SID level over the beams, timed separately), invalid outputs,
 our throughput at batch 1, 8 and 32, and at the evaluation setting (top-20, 40 beams, batch 8) our preallocated
-beam KV cache against HF's `DynamicCache` (same decoder otherwise), and for a `sid_softmax` run the projection onto
-the output vocabulary's head rows against the full LM head restricted afterwards (same scores). Speed does not
-depend on how long the run was trained. Writes `eval/results/decoding_bench.json` and `decoding_bench.md`.
+beam KV cache against HF's `DynamicCache` (same decoder otherwise). Speed does not depend on how long the run was
+trained. Writes `eval/results/decoding_bench.json` and `decoding_bench.md`.
 """
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -60,21 +58,17 @@ def physical_limit(recommender: Recommender, encoded: dict, beams: int) -> float
     return prefill + levels * step
 
 
-def eval_setting_seconds_per_user(
-    recommender: Recommender, histories: list, beam_cache: bool, restrict_head: bool = True
-) -> tuple[float, list]:
-    """Seconds per user for top-20 with 40 beams at batch 8 (what `eval/evaluate.py` runs), and the results, with
-    our preallocated beam KV cache or with HF's `DynamicCache` (concatenate per step, reorder everything), and for a
-    `sid_softmax` run with the output-vocabulary head or the full LM head (`restrict_head=False`)."""
-    default_cache, default_scorer = llmrec.decoding._beam_cache, llmrec.decoding.NextTokenScorer
-    llmrec.decoding._beam_cache = default_cache if beam_cache else (lambda model, extra: None)
-    llmrec.decoding.NextTokenScorer = functools.partial(default_scorer, restrict_head=restrict_head)
+def eval_setting_seconds_per_user(recommender: Recommender, histories: list, beam_cache: bool) -> float:
+    """Seconds per user for top-20 with 40 beams at batch 8 (what `eval/evaluate.py` runs), with our preallocated
+    beam KV cache or with HF's `DynamicCache` (concatenate per step, reorder everything)."""
+    default = llmrec.decoding._beam_cache
+    llmrec.decoding._beam_cache = default if beam_cache else (lambda model, extra: None)
     try:
         started = time.perf_counter()
-        found = recommender.recommend_batch(histories, k=20, num_beams=40, batch_size=8)
-        return (time.perf_counter() - started) / len(histories), found
+        recommender.recommend_batch(histories, k=20, num_beams=40, batch_size=8)
+        return (time.perf_counter() - started) / len(histories)
     finally:
-        llmrec.decoding._beam_cache, llmrec.decoding.NextTokenScorer = default_cache, default_scorer
+        llmrec.decoding._beam_cache = default
 
 
 @torch.no_grad()
@@ -105,30 +99,8 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
         throughput[str(batch)] = round(batch / (time.perf_counter() - started), 3)
     eval_histories = (histories * 2)[:32]
     eval_setting_seconds_per_user(recommender, eval_histories[:8], beam_cache=True)  # warm-up
-    eval_cached, cached_found = eval_setting_seconds_per_user(recommender, eval_histories, beam_cache=True)
-    eval_dynamic, _ = eval_setting_seconds_per_user(recommender, eval_histories, beam_cache=False)
-    head = None
-    if recommender.output_token_ids is not None:  # a sid_softmax run: output-vocabulary head vs full head
-        full_head, full_found = eval_setting_seconds_per_user(
-            recommender, eval_histories, beam_cache=True, restrict_head=False
-        )
-        same = sum(
-            [r.item_id for r in mine] == [r.item_id for r in theirs]
-            for mine, theirs in zip(cached_found, full_found, strict=True)
-        )
-        gap = max(
-            abs(a.score - b.score)
-            for mine, theirs in zip(cached_found, full_found, strict=True)
-            for a, b in zip(mine, theirs, strict=False)
-        )
-        head = {
-            "output_vocabulary": len(recommender.output_token_ids),
-            "output_head_seconds_per_user": round(eval_cached, 4),
-            "full_head_seconds_per_user": round(full_head, 4),
-            "speedup": round(full_head / eval_cached, 2),
-            "same_top20": f"{same}/{len(eval_histories)}",
-            "max_score_difference": gap,
-        }
+    eval_cached = eval_setting_seconds_per_user(recommender, eval_histories, beam_cache=True)
+    eval_dynamic = eval_setting_seconds_per_user(recommender, eval_histories, beam_cache=False)
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     report = {
         "run": str(run),
@@ -152,7 +124,6 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
             "beam_kv_cache_seconds_per_user": round(eval_cached, 4),
             "dynamic_cache_seconds_per_user": round(eval_dynamic, 4),
             "speedup": round(eval_dynamic / eval_cached, 2),
-            "sid_softmax_head": head,
         },
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -171,18 +142,6 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
         f"| llmrec, preallocated beam KV cache | {eval_cached:.3f} | 1.00 |",
         f"| llmrec decoder with HF DynamicCache | {eval_dynamic:.3f} | {eval_dynamic / eval_cached:.2f} |",
     ]
-    if head is not None:
-        lines += [
-            "",
-            f"`sid_softmax` run: scores over its {head['output_vocabulary']}-token output vocabulary (evaluation "
-            f"setting; same top-20 for {head['same_top20']} users, largest score difference "
-            f"{head['max_score_difference']:.1e})",
-            "",
-            "| LM head at each step | s / user | vs ours |",
-            "|---|---|---|",
-            f"| output-vocabulary rows only (default) | {head['output_head_seconds_per_user']:.3f} | 1.00 |",
-            f"| full head, then restricted | {head['full_head_seconds_per_user']:.3f} | {head['speedup']:.2f} |",
-        ]
     (out / "decoding_bench.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(report, indent=2))
     print("\n".join(lines))

@@ -8,15 +8,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from llmrec.decoding import NextTokenScorer, constrained_beam_search
+from llmrec.decoding import constrained_beam_search
 from llmrec.model import add_sid_tokens
 from llmrec.recommender import Recommender
 from llmrec.sid import SemanticIdIndex
 from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary, restricted_log_softmax
 from llmrec.training import SidSFTTrainer
-from llmrec.trie import SidTrie
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
-from tests.test_decoding import brute_force, encode, randomize_embeddings, tiny_sid_model
+from tests.test_decoding import brute_force, randomize_embeddings, tiny_sid_model
 from tests.test_recommender import train_tiny_run
 
 INDEX = SemanticIdIndex({f"item{n}": (n // 4, n % 4) for n in range(12)}, (4, 4))
@@ -127,61 +126,6 @@ def test_decoder_scores_are_sid_log_probs_under_the_restricted_softmax():
         assert found[item_id] == pytest.approx(expected[item_id], abs=1e-4)
         assert found[item_id] > full[item_id]  # the same logits normalised over fewer tokens
     assert sum(torch.tensor(list(found.values())).exp()) <= 1 + 1e-5
-
-
-def count_head_calls(model) -> list[int]:
-    """Count forward calls of `model`'s LM head (the full V-row projection)."""
-    calls = [0]
-    model.get_output_embeddings().register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
-
-
-@pytest.mark.parametrize("tie", [True, False])
-def test_decoder_projects_onto_the_output_vocabulary_only_through_peft_sid_rows(tie):
-    """A sid_softmax run's decoding never runs the full LM head, and still scores every item with its exact
-    log-probability under the restricted softmax, through LoRA and PEFT's trained SID rows, batched and padded."""
-    model, tokenizer, _ = peft_model_with_sid_rows(tie=tie)
-    model.eval()
-    tokenizer.padding_side = "left"
-    trie = SidTrie(INDEX, tokenizer)
-    ids = torch.tensor(output_vocabulary(tokenizer, INDEX))
-    assert NextTokenScorer(model, ids).restricted_head
-    calls = count_head_calls(model)
-    prompts = ["the user has interacted with a b", "a"]
-    input_ids, attention_mask = encode(tokenizer, prompts)
-    found = constrained_beam_search(model, input_ids, attention_mask, trie, 12, output_token_ids=ids)
-    assert calls[0] == 0
-    for row, prompt in enumerate(prompts):
-        expected = brute_force(model, tokenizer(prompt)["input_ids"], trie, INDEX, output_token_ids=ids)
-        assert {item for item, _ in found[row]} == set(INDEX.items)
-        for item_id, score in found[row]:
-            assert score == pytest.approx(expected[item_id], abs=1e-4)
-    assert calls[0] > 0  # brute_force ran the full head: the hook counts
-
-
-def test_decoder_falls_back_to_full_logits_for_a_head_it_cannot_restrict():
-    tokenizer, model, trie = tiny_sid_model(INDEX, seed=4)
-    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.get_input_embeddings().weight)
-        head.bias.normal_()
-    model.lm_head, model.config.tie_word_embeddings = head, False
-    ids = torch.tensor(output_vocabulary(tokenizer, INDEX))
-    assert not NextTokenScorer(model, ids).restricted_head
-    input_ids, attention_mask = encode(tokenizer, ["the user has interacted with a b"])
-    found = constrained_beam_search(model, input_ids, attention_mask, trie, 12, output_token_ids=ids)[0]
-    expected = brute_force(model, input_ids[0].tolist(), trie, INDEX, output_token_ids=ids)
-    for item_id, score in found:
-        assert score == pytest.approx(expected[item_id], abs=1e-4)
-
-
-def test_a_trie_token_outside_the_output_vocabulary_is_a_clear_error():
-    tokenizer, model, trie = tiny_sid_model(INDEX, seed=2)
-    dropped = tokenizer.convert_tokens_to_ids(INDEX.all_tokens()[0])
-    ids = torch.tensor([i for i in output_vocabulary(tokenizer, INDEX) if i != dropped])
-    input_ids, attention_mask = encode(tokenizer, ["a"])
-    with pytest.raises(ValueError, match="not in the run's output vocabulary"):
-        constrained_beam_search(model, input_ids, attention_mask, trie, 4, output_token_ids=ids)
 
 
 @pytest.fixture(scope="module")
