@@ -14,8 +14,9 @@ from llmrec.recommender import Recommender
 from llmrec.sid import SemanticIdIndex
 from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary, restricted_log_softmax
 from llmrec.training import SidSFTTrainer
+from llmrec.trie import SidTrie
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
-from tests.test_decoding import brute_force, randomize_embeddings, tiny_sid_model
+from tests.test_decoding import brute_force, encode, randomize_embeddings, tiny_sid_model
 from tests.test_recommender import train_tiny_run
 
 INDEX = SemanticIdIndex({f"item{n}": (n // 4, n % 4) for n in range(12)}, (4, 4))
@@ -126,6 +127,24 @@ def test_decoder_scores_are_sid_log_probs_under_the_restricted_softmax():
         assert found[item_id] == pytest.approx(expected[item_id], abs=1e-4)
         assert found[item_id] > full[item_id]  # the same logits normalised over fewer tokens
     assert sum(torch.tensor(list(found.values())).exp()) <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_restricted_decoder_scores_through_peft_sid_rows_batched_and_padded(tie):
+    """With LoRA and PEFT's trained SID rows, left-padded in a batch, every item's score is its exact log-probability
+    under the restricted softmax."""
+    model, tokenizer, _ = peft_model_with_sid_rows(tie=tie)
+    model.eval()
+    tokenizer.padding_side = "left"
+    trie = SidTrie(INDEX, tokenizer)
+    ids = torch.tensor(output_vocabulary(tokenizer, INDEX))
+    prompts = ["the user has interacted with a b", "a"]
+    found = constrained_beam_search(model, *encode(tokenizer, prompts), trie, 12, output_token_ids=ids)
+    for row, prompt in enumerate(prompts):
+        expected = brute_force(model, tokenizer(prompt)["input_ids"], trie, INDEX, output_token_ids=ids)
+        assert {item for item, _ in found[row]} == set(INDEX.items)
+        for item_id, score in found[row]:
+            assert score == pytest.approx(expected[item_id], abs=1e-4)
 
 
 @pytest.fixture(scope="module")
