@@ -108,7 +108,7 @@ def evaluate_run(
         "split": split,
         **metrics,
         "n_users": len(users),
-        "config": {"k": k, "num_beams": num_beams or 2 * k, "exclude_seen": True},
+        "config": {"k": k, "num_beams": beam_width(dataset, num_beams, k), "exclude_seen": True},
         "run_index_sha256": sha256_file(Path(run_dir) / "sid_index.json"),
         "run_sids_sha256": recommender.index.sids_sha256(),
         "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
@@ -118,16 +118,22 @@ def evaluate_run(
     }
 
 
+def beam_width(dataset: Dataset, num_beams: int | None, k: int = 20) -> int:
+    """The beam width `evaluate_run` decodes top-`k` with: `num_beams`, or the recommender's default of twice `k`
+    (`k` capped at the catalog size)."""
+    return num_beams or 2 * min(k, len(dataset.items))
+
+
 def scored_alike(
     saved: dict, dataset: Dataset, split: SplitName, max_users: int | None = None, num_beams: int | None = None
 ) -> bool:
     """Whether a saved llmrec result scored this `split` of `dataset` for the same users and with the same beam
-    width (`evaluate_run`'s default of 2 x 20 when `num_beams` is None)."""
+    width (`beam_width`: `evaluate_run`'s default when `num_beams` is None)."""
     users = max_users or len(dataset.load_split().users)
     return (
         saved.get("split") == split
         and saved.get("n_users") == users
-        and saved.get("config", {}).get("num_beams") == (num_beams or 2 * min(20, len(dataset.items)))
+        and saved.get("config", {}).get("num_beams") == beam_width(dataset, num_beams)
     )
 
 

@@ -16,7 +16,7 @@ from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary, r
 from llmrec.training import SidSFTTrainer
 from llmrec.trie import SidTrie
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
-from tests.test_decoding import brute_force, encode, randomize_embeddings, tiny_sid_model
+from tests.test_decoding import assert_scores_close, brute_force, encode, randomize_embeddings, tiny_sid_model
 from tests.test_recommender import train_tiny_run
 
 INDEX = SemanticIdIndex({f"item{n}": (n // 4, n % 4) for n in range(12)}, (4, 4))
@@ -143,8 +143,7 @@ def test_restricted_decoder_scores_through_peft_sid_rows_batched_and_padded(tie)
     for row, prompt in enumerate(prompts):
         expected = brute_force(model, tokenizer(prompt)["input_ids"], trie, INDEX, output_token_ids=ids)
         assert {item for item, _ in found[row]} == set(INDEX.items)
-        for item_id, score in found[row]:
-            assert score == pytest.approx(expected[item_id], abs=1e-4)
+        assert_scores_close(found[row], expected)
 
 
 @pytest.fixture(scope="module")
