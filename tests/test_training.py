@@ -64,7 +64,7 @@ def adapter_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_training_changes_lora_and_sid_rows_only_and_saves_a_self_contained_run(workspace):
     out = workspace / "run"
-    script, training, model_args = arguments(workspace, out, eval_strategy="steps", eval_steps=2)
+    script, training, model_args = arguments(workspace, out, max_steps=8, eval_strategy="steps", eval_steps=4)
     run_sft(script, training, model_args)
     names = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "sid_index.json", "prompts"} <= names
