@@ -129,7 +129,8 @@ def scored_alike(
 ) -> bool:
     """Whether a saved llmrec result scored this `split` of `dataset` for the same users and with the same beam
     width (`beam_width`: `evaluate_run`'s default when `num_beams` is None)."""
-    users = max_users or len(dataset.load_split().users)
+    everyone = len(dataset.load_split().users)
+    users = min(max_users, everyone) if max_users else everyone  # evaluate_run slices the first max_users
     return (
         saved.get("split") == split
         and saved.get("n_users") == users

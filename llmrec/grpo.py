@@ -16,6 +16,10 @@
 - Log-probabilities: TRL computes them with a fused LM head that reads `lm_head.weight` and `lm_head.bias`; PEFT's
   wrapper of the tied head (the trainable SID rows) has no `bias`, so that path fails. `SidGRPOTrainer` computes them
   through the model's own forward, projecting only the completion positions (`logits_to_keep`).
+- SFT runs trained with `sid_softmax: true` are normalised over their output vocabulary (SID tokens + EOS, see
+  `llmrec.sid_softmax`), and so are GRPO's policy and reference log-probs, the beam rollouts and the ranking of
+  sampled rollouts: GRPO optimises the distribution that decoding ranks with. Reasoning mode needs the whole
+  vocabulary for its rationales, so it is refused for such runs.
 
 The output is a self-contained run folder like an SFT run (adapter, tokenizer, index, items, prompts,
 `run_config.json` with a `grpo` section), so `Recommender.from_pretrained` and `llmrec evaluate` take it as is.
@@ -41,6 +45,7 @@ from llmrec.decoding import constrained_beam_search
 from llmrec.reasoning import generate_rationales, left_pad, think_token_ids
 from llmrec.recommender import Recommender
 from llmrec.rewards import make_reward_funcs, parse_reward_weights
+from llmrec.sid_softmax import OutputVocabulary, restricted_log_softmax
 from llmrec.training import RUN_CONFIG, TrainingClock, check_output_dir
 from llmrec.trie import SidTrie
 from llmrec.version import __version__
@@ -148,8 +153,16 @@ def group_starts(prompts: list, group_size: int) -> list[int]:
 class SidRollout:
     """TRL `rollout_func`: G ranked, always-valid completions per prompt (see the module docstring)."""
 
-    def __init__(self, tokenizer, trie: SidTrie, sid_token_ids: dict[str, list[int]], args: GRPOScriptArguments):
+    def __init__(
+        self,
+        tokenizer,
+        trie: SidTrie,
+        sid_token_ids: dict[str, list[int]],
+        args: GRPOScriptArguments,
+        output_token_ids: torch.LongTensor | None = None,
+    ):
         self.tokenizer, self.trie, self.sid_token_ids, self.args = tokenizer, trie, sid_token_ids, args
+        self.output_token_ids = output_token_ids  # (V_out,): a sid_softmax run's output vocabulary, else None
         self.banned_token_ids = torch.cat(trie.token_ids).tolist()  # every SID token: never in a rationale
 
     def __call__(self, prompts: list[str], trainer: SidGRPOTrainer) -> dict:
@@ -201,7 +214,15 @@ class SidRollout:
 
     def beam(self, model, rows: list[dict], prompt_ids: list[list[int]], size: int) -> list[list[dict]]:
         input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)  # (B, L)
-        found = constrained_beam_search(model, input_ids, attention_mask, self.trie, size, exclude=self._exclude(rows))
+        found = constrained_beam_search(
+            model,
+            input_ids,
+            attention_mask,
+            self.trie,
+            size,
+            exclude=self._exclude(rows),
+            output_token_ids=self.output_token_ids,
+        )
         self._check_full(found, size)
         return [[self._direct(item_id) for item_id, _ in items] for items in found]
 
@@ -230,7 +251,8 @@ class SidRollout:
             output_logits=True,
         )
         sids = output.sequences[:, width:]  # (B * G, M)
-        raw = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (B * G, M, V): unprocessed logits
+        # (B * G, M, V): log-probs of the unprocessed logits, normalised as decoding normalises them
+        raw = restricted_log_softmax(torch.stack(output.logits, dim=1), self.output_token_ids)
         scores = raw.gather(-1, sids[..., None]).squeeze(-1).sum(-1).tolist()  # (B * G,)
         groups = []
         for start in range(0, len(scores), size):
@@ -289,9 +311,15 @@ class SidGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` for SID runs: rollouts see their dataset rows, log-probs go through PEFT's SID rows, and the
     reference adapter holds the SFT SID rows too (see the module docstring)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, output_token_ids: torch.LongTensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.rollout_rows: list[dict] = []
+        # A sid_softmax run: log-probs are normalised over these tokens (see the module docstring).
+        self.output_vocabulary = (
+            OutputVocabulary(output_token_ids.tolist(), len(self.processing_class))
+            if output_token_ids is not None
+            else None
+        )
         model = self.accelerator.unwrap_model(self.model)
         if "ref" in getattr(model, "peft_config", {}):
             # TRL copies parameters named `.default.`; PEFT's trainable-token deltas end in `.default`.
@@ -331,8 +359,15 @@ class SidGRPOTrainer(GRPOTrainer):
                     use_cache=False,
                     logits_to_keep=logits_to_keep + 1,
                 ).logits[:, :-1]  # (B, C, V): the positions predicting the C completion tokens
-            log_probs = (logits.float() / self.temperature).log_softmax(-1)
-            all_logps.append(log_probs.gather(-1, ids[:, -logits_to_keep:, None]).squeeze(-1))  # (B, C)
+            targets = ids[:, -logits_to_keep:]  # (B, C)
+            scaled = logits.float() / self.temperature  # (B, C, V)
+            if self.output_vocabulary is not None:
+                scaled = scaled[..., self.output_vocabulary.token_ids.to(scaled.device)]  # (B, C, V_out)
+                # Positions in the output vocabulary. Rollouts complete with SID tokens only, so a token outside it
+                # is right padding, which the completion mask drops: any position will do.
+                targets = self.output_vocabulary.position.to(targets.device)[targets].clamp(min=0)
+            log_probs = scaled.log_softmax(-1)
+            all_logps.append(log_probs.gather(-1, targets[..., None]).squeeze(-1))  # (B, C)
             if compute_entropy:
                 all_entropies.append(-(log_probs.exp() * log_probs).sum(-1))
         entropies = torch.cat(all_entropies) if compute_entropy else None
@@ -358,10 +393,11 @@ def make_trainer(args: GRPOScriptArguments, training_args: GRPOConfig) -> tuple[
         )
     sft = Path(args.sft_run)
     recommender = Recommender.from_pretrained(sft, trainable=True)  # the SFT adapter, kept trainable
-    if recommender.output_token_ids is not None:
+    if recommender.output_token_ids is not None and args.mode == "reason":
         raise ValueError(
-            f"{sft} was trained with sid_softmax: true; GRPO's policy log-probs are over the whole vocabulary, so it "
-            "does not support such runs yet. Start GRPO from an SFT run trained without sid_softmax."
+            f"{sft} was trained with sid_softmax: true, so its next-token distribution covers SID tokens and EOS "
+            "only; mode: reason needs free-text rationales. Use mode: direct, or start from an SFT run trained "
+            "without sid_softmax."
         )
     tokenizer, index = recommender.tokenizer, recommender.index
     dataset_dir = Path(args.dataset_dir or recommender.config["script_args"]["dataset_dir"])
@@ -382,7 +418,8 @@ def make_trainer(args: GRPOScriptArguments, training_args: GRPOConfig) -> tuple[
         args=training_args,
         train_dataset=HFDataset.from_list(rows),
         processing_class=tokenizer,
-        rollout_func=SidRollout(tokenizer, recommender.trie, sid_token_ids, args),
+        rollout_func=SidRollout(tokenizer, recommender.trie, sid_token_ids, args, recommender.output_token_ids),
+        output_token_ids=recommender.output_token_ids,
     )
     return trainer, recommender.config, len(rows)
 

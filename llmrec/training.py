@@ -173,18 +173,32 @@ def read_prompt_rows(path: Path) -> HFDataset:
     return HFDataset.from_list([{"prompt": row["prompt"], "completion": row["completion"]} for row in rows])
 
 
-def batch_statistics(trainer: SFTTrainer, max_batches: int) -> dict[str, float]:
-    """Padding fraction and token counts of the first `max_batches` training micro-batches, as the sampler makes them
-    (same seed, so the same batches training saw in its first epoch)."""
-    padded = total = batches = 0
+def epoch_batch_tokens(trainer: SFTTrainer) -> tuple[list[int], list[int]]:
+    """Real (non-padding) and total token counts of every training micro-batch of one epoch, in the order the
+    sampler makes them (same seed, so the batches training saw in its first epoch)."""
+    real, total = [], []
     for batch in trainer.get_train_dataloader():
-        if batches == max_batches:
-            break
         mask = batch["attention_mask"]  # (B, L)
-        padded += int((mask == 0).sum())
-        total += mask.numel()
-        batches += 1
-    return {"padding_fraction": padded / max(total, 1), "real_tokens": total - padded, "batches": batches}
+        real.append(int(mask.sum()))
+        total.append(mask.numel())
+    return real, total
+
+
+def trained_token_counts(real: list[int], total: list[int], micro_batches: int) -> dict[str, float]:
+    """Real tokens and padding fraction over `micro_batches` micro-batches of repeated epochs.
+
+    Every epoch holds the same examples, so whole epochs count exactly; a partial epoch is counted as the first
+    epoch's first batches (exact for a single epoch; later epochs shuffle differently, so close to exact).
+
+        >>> trained_token_counts([10, 6], [12, 8], micro_batches=3)
+        {'real_tokens': 26, 'padding_fraction': 0.1875}
+    """
+    if not real:
+        return {"real_tokens": 0, "padding_fraction": 0.0}
+    epochs, rest = divmod(micro_batches, len(real))
+    real_tokens = epochs * sum(real) + sum(real[:rest])
+    all_tokens = epochs * sum(total) + sum(total[:rest])
+    return {"real_tokens": real_tokens, "padding_fraction": 1 - real_tokens / all_tokens if all_tokens else 0.0}
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -339,15 +353,15 @@ def save_run(
     tokenizer.save_pretrained(str(out))
     history = trainer.state.log_history
     micro_batches = trainer.state.global_step * training_args.gradient_accumulation_steps
-    batches = batch_statistics(trainer, min(micro_batches, 2000))
+    counts = trained_token_counts(*epoch_batch_tokens(trainer), micro_batches)
     seconds = clock["train_seconds"]
     log = {
         "metrics": metrics,
         **clock,  # train_seconds / train_cpu_seconds: summed over resumed segments, from step timed_from_step
-        "padding_fraction": round(batches["padding_fraction"], 4),
-        "tokens_per_second": round(batches["real_tokens"] / seconds, 1)
-        if batches["batches"] == micro_batches and clock["timed_from_step"] == 0 and seconds > 0
-        else None,  # None: not every batch was measured, the time is partial, or too short to time (0.0 s)
+        "padding_fraction": round(counts["padding_fraction"], 4),
+        "tokens_per_second": round(counts["real_tokens"] / seconds, 1)
+        if clock["timed_from_step"] == 0 and seconds > 0
+        else None,  # None: the time is partial (resumed without a clock file) or too short to time (0.0 s)
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "log_history": history,
     }

@@ -9,10 +9,10 @@ Trains the GRPO run of each `--grpo-config` with `scripts/grpo.py` in a child pr
 if killed; all configs continue the same `sft_run`, which must exist: train it with scripts/sft.py or
 scripts/bench_quality.py first), scores the SFT run and every GRPO run on the validation and test splits through
 the constrained decoder (cached per adapter under `eval/results/raw/<dataset>/`), and writes
-`eval/results/grpo_<dataset>.json` and `.md` with each run's settings, rewards at the start and end of training,
-training CPU-minutes and, per GRPO run and split, the NDCG@10 change against SFT with a paired bootstrap 95 %
-interval over users (evaluations cached before per-user ranks existed show n/a), then regenerates the README
-block between the `results:grpo` markers (`--readme` does only that).
+`eval/results/grpo_<dataset>[_<tag>].json` and `.md` (`--tag` keeps one table per SFT run) with each run's settings,
+rewards at the start and end of training, training CPU-minutes and, per GRPO run and split, the NDCG@10 change
+against SFT with a paired bootstrap 95 % interval over users (evaluations cached before per-user ranks existed show
+n/a), then regenerates the README block between the `results:grpo` markers (`--readme` does only that).
 """
 
 import argparse
@@ -69,6 +69,16 @@ def markdown(result: dict) -> str:
             cells.append("n/a (no per-user ranks)" if "ndcg@10_change" in row else "")
         lines.append(f"| {row['run']} | {row['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def results_stem(dataset_name: str, tag: str | None) -> str:
+    """File name (without suffix) of a GRPO results table; `update_readme` shows every `grpo_*.md`.
+
+    Examples:
+        >>> results_stem("ml-100k", None), results_stem("ml-100k", "cf")
+        ('grpo_ml-100k', 'grpo_ml-100k_cf')
+    """
+    return f"grpo_{dataset_name}" + (f"_{tag}" if tag else "")
 
 
 def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
@@ -171,12 +181,13 @@ def main(args: argparse.Namespace) -> None:
         "rows": rows,
     }
     results.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(results / f"grpo_{dataset.name}.json", result)
-    (results / f"grpo_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
+    stem = results_stem(dataset.name, args.tag)
+    write_json_atomic(results / f"{stem}.json", result)
+    (results / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
     if args.results.resolve() == (REPO / "eval" / "results").resolve():
         update_readme(args.results)
-    print(f"results written to {results / f'grpo_{dataset.name}.md'}")
+    print(f"results written to {results / f'{stem}.md'}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -188,6 +199,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=Path("eval/results"), help="where results are written")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README's GRPO results block")
     parser.add_argument("--max-users", type=int, help="score only the first N users of each split (all runs)")
+    parser.add_argument(
+        "--tag", help="results go to grpo_<dataset>_<tag>.{json,md}, beside other SFT runs' tables (default: none)"
+    )
     return parser
 
 

@@ -139,6 +139,56 @@ def test_run_saves_a_self_contained_run_that_recommends(sft_run, tmp_path):
         run_grpo(args, config(out))
 
 
+@pytest.fixture(scope="module")
+def sid_softmax_run(tmp_path_factory, one_torch_thread):
+    return train_tiny_run(
+        tmp_path_factory.mktemp("grpo-sm"), tasks="sequence=0", eval_task="sequence", chat=False, sid_softmax=True
+    )
+
+
+def test_sid_softmax_run_trains_with_log_probs_over_its_output_vocabulary(sid_softmax_run, tmp_path):
+    """A run trained with sid_softmax: GRPO's log-probs, beam rollouts and sampled-rollout ranking are normalised
+    over the run's output vocabulary, as decoding is; reasoning mode is refused."""
+    recommender = Recommender.from_pretrained(sid_softmax_run)
+    vocabulary = recommender.output_token_ids  # (V_out,)
+    assert vocabulary is not None and len(vocabulary) < len(recommender.tokenizer)
+    args = GRPOScriptArguments(sft_run=str(sid_softmax_run), max_prompts=0)
+    trainer, _, _ = make_trainer(args, config(tmp_path / "out", max_steps=2))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+
+    sid = trainer.rollout_func.sid_token_ids
+    ids = torch.tensor([sid["a"] + sid["b"]])  # (1, 4)
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        model, ids, torch.ones_like(ids), logits_to_keep=2, compute_entropy=True
+    )
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -3:-1]  # (2, V): the positions predicting b's two tokens
+    restricted = logits[:, vocabulary].log_softmax(-1)  # (2, V_out)
+    at = [vocabulary.tolist().index(t) for t in sid["b"]]
+    assert torch.allclose(logps[0], restricted[torch.arange(2), at], atol=1e-5)
+    full = logits.log_softmax(-1)[torch.arange(2), ids[0, -2:]]
+    assert not torch.allclose(logps[0], full, atol=1e-3)  # the whole-vocabulary softmax gives other values
+    assert torch.allclose(entropies[0], -(restricted.exp() * restricted).sum(-1), atol=1e-5)
+
+    # Beam rollouts are the recommender's own top-G (history excluded), best first.
+    rows = [row for row in trainer.train_dataset for _ in range(2)]
+    trainer.rollout_rows = rows
+    out = trainer.rollout_func([row["prompt"] for row in rows], trainer)
+    for start in range(0, len(rows), 2):
+        expected = recommender.recommend(rows[start]["seen"], k=2, num_beams=2)
+        assert out["item_id"][start : start + 2] == [r.item_id for r in expected]
+    sample = GRPOScriptArguments(sft_run=str(sid_softmax_run), max_prompts=0, rollout="sample")
+    sampler, _, _ = make_trainer(sample, config(tmp_path / "sample"))
+    sampler.rollout_rows = rows
+    assert len(sampler.rollout_func([row["prompt"] for row in rows], sampler)["item_id"]) == len(rows)
+
+    trainer.train()
+    kl = [row["kl"] for row in trainer.state.log_history if "kl" in row]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and all(torch.isfinite(torch.tensor(kl)))
+    with pytest.raises(ValueError, match="mode: reason needs free-text rationales"):
+        make_trainer(dataclasses.replace(args, mode="reason"), config(tmp_path / "reason"))
+
+
 def test_documented_errors(sft_run, tmp_path):
     with pytest.raises(ValueError, match="rollout must be one of"):
         GRPOScriptArguments(sft_run="x", rollout="greedy")
@@ -176,9 +226,9 @@ def test_bench_grpo_trains_through_the_script_and_scores_both_runs(sft_run, tmp_
     other = tmp_path / "grpo_hit.yaml"  # a second variant of the same SFT run: both are trained and scored
     other.write_text(yaml.safe_dump({**values, "output_dir": str(tmp_path / "grpo_hit"), "rewards": "hit=1"}))
     command = [sys.executable, str(REPO / "scripts" / "bench_grpo.py"), "--grpo-config", str(config), str(other)]
-    command += ["--dataset", str(sft_run.parent / "data"), "--results", str(tmp_path / "results")]
+    command += ["--dataset", str(sft_run.parent / "data"), "--results", str(tmp_path / "results"), "--tag", "t"]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True)
-    result = json.loads((tmp_path / "results" / "grpo_tiny.json").read_text())
+    result = json.loads((tmp_path / "results" / "grpo_tiny_t.json").read_text())
     assert [(r["run"], r["split"]) for r in result["rows"]] == [
         ("most-popular", "valid"), ("most-popular", "test"), ("SFT", "valid"), ("SFT", "test"),
         ("SFT + GRPO `grpo`", "valid"), ("SFT + GRPO `grpo`", "test"),
@@ -191,12 +241,12 @@ def test_bench_grpo_trains_through_the_script_and_scores_both_runs(sft_run, tmp_
         change, sft = row["ndcg@10_change"], result["rows"][2 + (row["split"] == "test")]["metrics"]
         assert change["low"] <= change["diff"] <= change["high"]
         assert change["diff"] == pytest.approx(row["metrics"]["ndcg@10"] - sft["ndcg@10"])
-    table = (tmp_path / "results" / "grpo_tiny.md").read_text()
+    table = (tmp_path / "results" / "grpo_tiny_t.md").read_text()
     assert "| SFT + GRPO `grpo_hit` | test |" in table and "| `grpo_hit` | 2 | " in table
 
     clash = tmp_path / "clash.yaml"
     clash.write_text(yaml.safe_dump(values))
     failed = subprocess.run(
-        [*command[:2], "--grpo-config", str(config), str(clash), *command[-4:]], cwd=REPO, capture_output=True
+        [*command[:2], "--grpo-config", str(config), str(clash), *command[-6:]], cwd=REPO, capture_output=True
     )
     assert failed.returncode != 0 and b"share an output_dir" in failed.stderr

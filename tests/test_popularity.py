@@ -28,3 +28,16 @@ def test_evaluate_popularity_on_tiny_dataset(tiny_dataset):
     assert metrics["invalid_rate"] == 0.0
     assert metrics["config"]["exclude_seen"] is True
     assert metrics["user_ids"] == ["u1", "u2", "u3", "u4"] and metrics["target_ranks"] == [1, 1, 1, 3]  # per user
+
+
+def test_scored_alike_matches_what_evaluate_run_would_score(tiny_dataset):
+    """A cached llmrec result is reused only for the same split, users and beam width; asking for more users than
+    the split has scores all of them, as `evaluate_run` does, so it matches a result over everyone."""
+    from eval.evaluate import scored_alike
+
+    saved = {"split": "test", "n_users": 4, "config": {"num_beams": 2 * 6}}  # 6 items: top-20 capped at 6
+    assert scored_alike(saved, tiny_dataset, "test")
+    assert scored_alike(saved, tiny_dataset, "test", max_users=100)
+    assert not scored_alike(saved, tiny_dataset, "test", max_users=3)
+    assert not scored_alike(saved, tiny_dataset, "valid")
+    assert not scored_alike(saved, tiny_dataset, "test", num_beams=8)

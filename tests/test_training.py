@@ -64,7 +64,7 @@ def adapter_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_training_changes_lora_and_sid_rows_only_and_saves_a_self_contained_run(workspace):
     out = workspace / "run"
-    script, training, model_args = arguments(workspace, out, eval_strategy="steps", eval_steps=2)
+    script, training, model_args = arguments(workspace, out, max_steps=8, eval_strategy="steps", eval_steps=4)
     run_sft(script, training, model_args)
     names = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "sid_index.json", "prompts"} <= names
@@ -72,6 +72,9 @@ def test_training_changes_lora_and_sid_rows_only_and_saves_a_self_contained_run(
     assert (out / "prompts" / "seqrec.yaml").is_file() and (out / "prompt_data" / "valid.jsonl").is_file()
     log = json.loads((out / "training_log.json").read_text())
     assert any("eval_loss" in row for row in log["log_history"]) and 0 <= log["padding_fraction"] < 1
+    # Throughput counts every trained batch, also when the run spans several epochs of its few examples.
+    rows = len((out / "prompt_data" / "train.jsonl").read_text().splitlines())
+    assert training.max_steps * training.per_device_train_batch_size > rows and log["tokens_per_second"] > 0
 
     original = AutoModelForCausalLM.from_pretrained(workspace / "model")
     run = load_run(out)
