@@ -186,9 +186,10 @@ def test_a_run_whose_output_vocabulary_does_not_fit_its_tokenizer_is_refused(sid
         Recommender.from_pretrained(broken)
 
 
-def test_grpo_refuses_a_sid_softmax_run(sid_softmax_run, tmp_path):
+def test_grpo_refuses_reasoning_mode_on_a_sid_softmax_run(sid_softmax_run, tmp_path):
+    """Direct-mode GRPO takes a sid_softmax run (tests/test_grpo.py); free-text rationales cannot be scored by it."""
     from llmrec.grpo import GRPOScriptArguments, make_trainer
     from tests.test_grpo import config
 
     with pytest.raises(ValueError, match="trained with sid_softmax: true"):
-        make_trainer(GRPOScriptArguments(sft_run=str(sid_softmax_run)), config(tmp_path / "grpo"))
+        make_trainer(GRPOScriptArguments(sft_run=str(sid_softmax_run), mode="reason"), config(tmp_path / "grpo"))
