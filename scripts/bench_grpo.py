@@ -71,16 +71,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def results_stem(dataset_name: str, tag: str | None) -> str:
-    """File name (without suffix) of a GRPO results table; `update_readme` shows every `grpo_*.md`.
-
-    Examples:
-        >>> results_stem("ml-100k", None), results_stem("ml-100k", "cf")
-        ('grpo_ml-100k', 'grpo_ml-100k_cf')
-    """
-    return f"grpo_{dataset_name}" + (f"_{tag}" if tag else "")
-
-
 def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     """Replace the README block between the `results:grpo` markers with every `grpo_*.md` in `results`."""
     text = readme.read_text(encoding="utf-8")
@@ -181,7 +171,7 @@ def main(args: argparse.Namespace) -> None:
         "rows": rows,
     }
     results.mkdir(parents=True, exist_ok=True)
-    stem = results_stem(dataset.name, args.tag)
+    stem = f"grpo_{dataset.name}" + (f"_{args.tag}" if args.tag else "")  # update_readme shows every grpo_*.md
     write_json_atomic(results / f"{stem}.json", result)
     (results / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
