@@ -48,6 +48,9 @@ class SFTScriptArguments:
             output vocabulary (SID tokens, EOS and the training completions' other tokens) instead of the whole
             vocabulary, in training and in decoding: the LM head projects onto a few hundred rows instead of tens of
             thousands (`llmrec.sid_softmax`). Meant for task mixes whose answers are SIDs (`sequence`, `seqrec`).
+        sequence_context (`int`, *optional*, defaults to `0`): `sequence` rows write the first N items of each run
+            in the prompt as context, without loss, so every trained position sees at least N earlier items
+            (`llmrec.prompting.sequence_windows`); needs `chat: false`.
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -68,6 +71,9 @@ class SFTScriptArguments:
     item_separator: str = field(default=", ", metadata={"help": "text between the SIDs of a list of items"})
     sid_softmax: bool = field(
         default=False, metadata={"help": "softmax over the SID tokens (+ EOS) only, in training and decoding"}
+    )
+    sequence_context: int = field(
+        default=0, metadata={"help": "sequence rows: context items (no loss) before each run's trained items"}
     )
 
     def __post_init__(self) -> None:

@@ -8,7 +8,9 @@ models. Sources, so that no evaluation target is ever a training target:
   the `max_history` items before it); validation/test rows come from the split's validation/test examples.
 - `sequence`: runs of up to `max_history + 1` consecutive *training* items as one completion (the loss on
   every SID trains next-item prediction at every position at once); validation/test rows are the history plus
-  the target.
+  the target. With `sequence_context = c > 0` the first `c` items of each run (after a user's first run) move into
+  the prompt as context without loss, so every trained position sees at least `c` earlier items, closer to
+  inference, where the history is always whole.
 - `item2sid`, `sid2item`, `search`: one row per catalog item (item knowledge, not user behaviour).
 
 `eval_task` (`seqrec` or `sequence`) is the task of the validation/test rows, and the prompt the recommender
@@ -63,6 +65,10 @@ class PromptConfig:
             of inference, `"seqrec"` (history in the prompt) or `"sequence"` (history continued in the completion).
         item_separator (`str`, *optional*, defaults to `", "`): text between the SIDs of a list of items (`""` is
             unambiguous: every SID has the same number of tokens).
+        sequence_context (`int`, *optional*, defaults to `0`): `sequence` rows: items of each run written in the
+            prompt as context, without loss (see `sequence_windows`). 0 cuts runs that share one item and trains
+            every item of a run, the first from the instruction alone. Needs plain prompts (`chat=False`): a chat
+            completion cannot start inside the prompt.
     """
 
     tasks: dict[str, int] = field(
@@ -76,6 +82,7 @@ class PromptConfig:
     seed: int = 42
     eval_task: str = "seqrec"
     item_separator: str = ", "
+    sequence_context: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -91,6 +98,16 @@ class PromptConfig:
             raise ValueError(f"task row limits must be >= 0 (0 = all), got {self.tasks}.")
         if not 1 <= self.min_history <= self.max_history:
             raise ValueError(f"need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}.")
+        if not 0 <= self.sequence_context <= self.max_history:
+            raise ValueError(
+                f"sequence_context must be between 0 and max_history ({self.max_history}), "
+                f"got {self.sequence_context}."
+            )
+        if self.sequence_context and self.chat:
+            raise ValueError(
+                f"sequence_context={self.sequence_context} needs plain prompts (chat=False): the context items are "
+                "written at the end of the prompt, where a chat template would close the user turn."
+            )
         if self.eval_templates not in ("first", "random"):
             raise ValueError(f"eval_templates must be 'first' or 'random', got {self.eval_templates!r}.")
 
@@ -197,6 +214,18 @@ class PromptRenderer:
             "target_title": self.items[target].title,
         }
 
+    def sequence_row(
+        self, context: tuple[str, ...], run: tuple[str, ...], rng: random.Random | None, user_id: str
+    ) -> dict:
+        """A `sequence` training row: the SIDs of `context` end the prompt (no loss) and those of `run` are the
+        completion, so the row is token for token the inference prompt of its first run item plus the rest."""
+        row = self.row("sequence", self.sequence_values(run[:-1], run[-1]), rng, user_id, run[-1])
+        if not context:
+            return row
+        assert not self.config.chat, "PromptConfig refuses sequence_context with chat prompts"
+        prefix = self.config.item_separator.join(self.sid(item_id) for item_id in context) + self.config.item_separator
+        return {**row, "prompt": row["prompt"] + prefix}
+
     def item_values(self, item_id: str) -> dict[str, str]:
         item = self.items[item_id]
         return {
@@ -240,6 +269,39 @@ def sequence_runs(train: tuple[str, ...], max_history: int) -> list[tuple[tuple[
     return runs[::-1]
 
 
+def sequence_windows(
+    train: tuple[str, ...], max_history: int, context: int
+) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Cut one training sequence into `(context, run)` windows of at most `max_history + 1` items: the `run` items are
+    trained (next-item targets), the `context` items only precede them.
+
+    Windows are cut from the end, each run holds `max_history + 1 - context` items and its context the `context`
+    items before it, so every training item is trained once (the very first one possibly only as context) and every
+    trained item after the first window sees at least `context` earlier items. The first window (which reaches the
+    start of the sequence) has no context and trains all of its items; a first window of a single item is dropped
+    (it would train the first item from the instruction alone). `context=0` keeps `sequence_runs`' cut (consecutive
+    runs share one item).
+
+    Examples:
+        >>> sequence_windows(("a", "b", "c", "d", "e", "f"), max_history=2, context=1)
+        [((), ('a', 'b')), (('b',), ('c', 'd')), (('d',), ('e', 'f'))]
+        >>> sequence_windows(("a", "b", "c", "d", "e"), max_history=3, context=2)
+        [(('a',), ('b', 'c')), (('b', 'c'), ('d', 'e'))]
+    """
+    if context == 0:
+        return [((), (*history, target)) for history, target in sequence_runs(train, max_history)]
+    run_length = max_history + 1 - context
+    windows = []
+    end = len(train)
+    while end > 0:
+        start = max(0, end - run_length)
+        windows.append((train[max(0, start - context) : start], train[start:end]))
+        end = start
+    if windows and not windows[-1][0] and len(windows[-1][1]) == 1:
+        windows.pop()
+    return windows[::-1]
+
+
 def _limit(rows: list[dict], limit: int, rng: random.Random) -> list[dict]:
     return rows if limit == 0 or len(rows) <= limit else rng.sample(rows, limit)
 
@@ -264,12 +326,11 @@ def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig
         if task in ("seqrec", "fusion"):
             rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in windows]
         elif task == "sequence":
-            runs = [
-                (user.user_id, history, target)
+            rows = [
+                renderer.sequence_row(context, run, rng, user.user_id)
                 for user in split.users
-                for history, target in sequence_runs(user.train, config.max_history)
+                for context, run in sequence_windows(user.train, config.max_history, config.sequence_context)
             ]
-            rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in runs]
         else:
             rows = [renderer.row(task, renderer.item_values(i), rng, "", i) for i in dataset.items]
         train += _limit(rows, limit, rng)

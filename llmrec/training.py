@@ -263,6 +263,7 @@ def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> P
         seed=args.prompts_seed,
         eval_task=args.eval_task,
         item_separator=args.item_separator,
+        sequence_context=args.sequence_context,
     )
     out.mkdir(parents=True, exist_ok=True)
     prompt_dir = out / "prompt_data"

@@ -6,6 +6,7 @@ import pytest
 
 from llmrec.data.io import DataError
 from llmrec.prompting import (
+    PLAIN_FORMAT,
     PROMPTS_DIR,
     TASKS,
     PromptConfig,
@@ -13,6 +14,7 @@ from llmrec.prompting import (
     load_templates,
     render_splits,
     sequence_runs,
+    sequence_windows,
     training_windows,
 )
 from llmrec.sid import SemanticIdIndex, save_index
@@ -99,6 +101,54 @@ def test_sequence_rows_come_from_training_sequences_only(tiny_dataset, tiny_inde
     assert sorted(r["completion"] for r in joined["train"]) == sorted(
         [sid["a"] + sid["b"] + sid["c"], sid["c"] + sid["a"]]
     )
+
+
+def test_sequence_windows_train_every_item_once_with_at_least_the_context():
+    train = tuple("abcdefghijklmnopq")
+    for max_history, context in [(1, 1), (3, 1), (3, 3), (5, 2), (9, 4), (20, 10), (20, 20)]:
+        windows = sequence_windows(train, max_history, context)
+        trained = [item for _, run in windows for item in run]
+        assert trained in (list(train), list(train[1:]))  # in order, once each; the first item may be context only
+        for number, (ctx, run) in enumerate(windows):
+            assert run and len(ctx) + len(run) <= max_history + 1
+            start = train.index(run[0])
+            assert ctx == train[max(0, start - context) : start]  # the items right before the run
+            if number > 0:
+                assert len(ctx) == min(context, start) and len(run) == max_history + 1 - context
+        assert not (windows[0][0] == () and len(windows[0][1]) == 1)  # no run trained from the instruction alone
+    # context 0 is sequence_runs' cut, written as windows without context
+    assert sequence_windows(train, 4, 0) == [((), (*h, t)) for h, t in sequence_runs(train, 4)]
+    assert sequence_windows(("a",), 3, 1) == [] and sequence_windows((), 3, 2) == []
+
+
+def test_sequence_context_moves_the_run_start_into_the_prompt(tiny_dataset, tiny_index):
+    """With `sequence_context`, a row's prompt is the inference prompt of its first trained item (instruction, the
+    context SIDs, the separator) and the completion holds only the trained SIDs."""
+    index, _ = tiny_index
+    config = PromptConfig(tasks={"sequence": 0}, max_history=2, chat=False, eval_task="sequence", sequence_context=1)
+    splits = render_splits(tiny_dataset, index, config)
+    sid = {item_id: index.format(codes) for item_id, codes in index.items.items()}
+    instructions = {
+        PLAIN_FORMAT.format(prompt=prompt)
+        for prompt, _ in load_templates(PROMPTS_DIR, ["sequence"])[0]["sequence"].templates
+    }
+    for row in splits["train"]:
+        assert row["prompt"].split("Answer: ")[0] + "Answer: " in instructions
+    # u1 trains on a b c: window (a | b c); u3 on c a: (| c a), whole.
+    assert sorted((r["user_id"], r["prompt"].split("Answer: ")[1], r["completion"]) for r in splits["train"]) == [
+        ("u1", f"{sid['a']}, ", f"{sid['b']}, {sid['c']}"),
+        ("u3", "", f"{sid['c']}, {sid['a']}"),
+    ]
+    # validation and test rows do not change with the training cut
+    plain = render_splits(tiny_dataset, index, replace(config, sequence_context=0))
+    assert splits["valid"] == plain["valid"] and splits["test"] == plain["test"]
+
+
+def test_sequence_context_errors():
+    with pytest.raises(ValueError, match=r"sequence_context must be between 0 and max_history \(2\), got 3"):
+        PromptConfig(tasks={"sequence": 0}, max_history=2, chat=False, eval_task="sequence", sequence_context=3)
+    with pytest.raises(ValueError, match=r"needs plain prompts \(chat=False\)"):
+        PromptConfig(tasks={"sequence": 0}, chat=True, eval_task="sequence", sequence_context=1)
 
 
 def test_item_tasks_plain_format_and_limits(tiny_dataset, tiny_index):
