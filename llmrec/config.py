@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from llmrec.prompting import EVAL_TASKS, TASKS
 
+BASE_DTYPES = ("float32", "bfloat16")  # torch dtype names accepted for the frozen base weights in training
+
 
 def parse_task_mix(text: str) -> dict[str, int]:
     """`"seqrec=0,item2sid=2000"` -> `{"seqrec": 0, "item2sid": 2000}` (0 = every row).
@@ -35,6 +37,10 @@ class SFTScriptArguments:
         max_history (`int`, *optional*, defaults to `20`): history items per prompt.
         chat (`bool`, *optional*, defaults to `True`): chat-formatted prompts (instruct models) or plain text.
         keep_layers (`int`, *optional*): keep only the first N decoder layers (faster, lower quality).
+        base_dtype (`str`, *optional*, defaults to `"float32"`): dtype of the frozen decoder projection weights
+            in training, `float32` or `bfloat16` (`llmrec.model.bf16_projections`: their matrix products run in bf16,
+            faster on CPUs with bf16 units such as AVX512-BF16 or AMX; activations, norms, embeddings, LoRA and the
+            SID rows stay fp32). Inference always runs the fp32 base.
         train_new_tokens (`bool`, *optional*, defaults to `True`): train the SID token rows of the embedding
             matrix (PEFT `trainable_token_indices`), on top of LoRA.
         resume (`bool`, *optional*, defaults to `False`): continue from the last checkpoint in `output_dir`.
@@ -62,6 +68,9 @@ class SFTScriptArguments:
     max_history: int = field(default=20, metadata={"help": "history items per prompt"})
     chat: bool = field(default=True, metadata={"help": "chat-formatted prompts (instruct models)"})
     keep_layers: int | None = field(default=None, metadata={"help": "keep only the first N decoder layers"})
+    base_dtype: str = field(
+        default="float32", metadata={"help": "dtype of the frozen projection weights in training: float32 or bfloat16"}
+    )
     train_new_tokens: bool = field(default=True, metadata={"help": "train the SID token embedding rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     prompts_seed: int = field(default=42, metadata={"help": "seed for prompt sampling and paraphrases"})
@@ -87,3 +96,5 @@ class SFTScriptArguments:
             raise ValueError(f"keep_layers must be >= 1, got {self.keep_layers}.")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
+        if self.base_dtype not in BASE_DTYPES:
+            raise ValueError(f"base_dtype must be one of {BASE_DTYPES}, got {self.base_dtype!r}.")

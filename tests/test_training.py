@@ -16,9 +16,10 @@ from trl import ModelConfig, SFTConfig
 from llmrec.config import SFTScriptArguments, parse_task_mix
 from llmrec.data.io import DataError
 from llmrec.data.prepare import prepare
+from llmrec.model import bf16_projections
 from llmrec.run import load_run
 from llmrec.sid import SemanticIdIndex, save_index
-from llmrec.training import run_sft
+from llmrec.training import run_sft, upcast_trainable
 from tests.conftest import make_raw, make_tiny_model, make_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +126,60 @@ def test_bad_script_arguments():
         SFTScriptArguments(dataset_dir="d", index_path="i", tasks="seqrec=all")
     with pytest.raises(ValueError, match="keep_layers must be >= 1"):
         SFTScriptArguments(dataset_dir="d", index_path="i", keep_layers=0)
+    with pytest.raises(ValueError, match="base_dtype must be one of"):
+        SFTScriptArguments(dataset_dir="d", index_path="i", base_dtype="float16")
     assert parse_task_mix("seqrec=0,fusion=10") == {"seqrec": 0, "fusion": 10}
+
+
+def test_bf16_base_trains_fp32_adapters_close_to_the_fp32_run(workspace):
+    """`base_dtype: bfloat16` runs the frozen projections in bf16 while LoRA and the SID rows train (and are saved)
+    in fp32; its losses follow the fp32 run's closely but not exactly (the projections really ran in bf16)."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        out = workspace / f"run-{dtype}"
+        script, training, model_args = arguments(workspace, out, max_steps=4, learning_rate=1e-2)
+        script.base_dtype = dtype
+        script.sid_softmax = True
+        run_sft(script, training, model_args)
+        log = json.loads((out / "training_log.json").read_text())
+        losses[dtype] = [row["loss"] for row in log["log_history"] if "loss" in row]
+        assert json.loads((out / "run_config.json").read_text())["script_args"]["base_dtype"] == dtype
+    state = adapter_state(workspace / "run-bfloat16")
+    trained = {k: v for k, v in state.items() if "lora_" in k or k.endswith("trainable_tokens_delta")}
+    assert trained and all(v.dtype == torch.float32 for v in trained.values())
+    assert all(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k or "delta" in k)
+    fp32, bf16 = torch.tensor(losses["float32"]), torch.tensor(losses["bfloat16"])
+    assert not torch.equal(fp32, bf16)
+    assert torch.allclose(fp32, bf16, rtol=0.05), (losses["float32"], losses["bfloat16"])
+    run = load_run(workspace / "run-bfloat16")  # served on the fp32 base
+    ids = run.tokenizer(["the user has interacted with <a_1><b_2>"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(run.model(**ids).logits).all()
+
+
+def test_bf16_projections_keep_activations_fp32_and_the_logits_close(workspace):
+    fp32 = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    mixed = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    layers = len(mixed.model.layers)
+    assert bf16_projections(mixed, ["q_proj", "down_proj"]) == 2 * layers
+    assert mixed.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert mixed.model.layers[0].self_attn.k_proj.weight.dtype == torch.float32  # not named: untouched
+    assert mixed.get_input_embeddings().weight.dtype == torch.float32
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        hidden = mixed.model.layers[0].self_attn.q_proj(torch.randn(2, fp32.config.hidden_size))
+        a, b = fp32(ids).logits, mixed(ids).logits
+    assert hidden.dtype == torch.float32 and b.dtype == torch.float32
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
+
+
+def test_upcast_trainable_casts_only_trainable_low_precision_parameters():
+    layer = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    frozen = torch.nn.Linear(3, 2).to(torch.bfloat16).requires_grad_(False)
+    model = torch.nn.Sequential(layer, frozen)
+    assert upcast_trainable(model) == 2  # weight and bias of the trainable layer
+    assert layer.weight.dtype == torch.float32 and frozen.weight.dtype == torch.bfloat16
+    assert upcast_trainable(model) == 0
 
 
 def test_missing_index_is_a_clear_error(workspace, tmp_path):
