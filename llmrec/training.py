@@ -159,10 +159,11 @@ class TrainingClock(TrainerCallback):
 def upcast_trainable(model: torch.nn.Module) -> int:
     """Cast every trainable parameter that is not fp32 to fp32; returns how many were cast.
 
-    With a bf16 base (`base_dtype: bfloat16`) PEFT already upcasts the LoRA matrices, but the trained SID rows
-    (`trainable_token_indices`) are created in the base's dtype: Adam steps of lr 1e-3 on bf16 values (8 bits of
-    mantissa) would round most updates away. fp32 rows are cast to the base dtype in the forward pass, so gradients
-    still reach them.
+    PEFT creates adapter weights in the dtype of the layer they wrap: LoRA on the bf16 projections of
+    `base_dtype: bfloat16` (which PEFT upcasts itself), or trained SID rows on a base loaded in bf16 by other code.
+    Adam steps of lr 1e-3 on bf16 values (8 bits of mantissa) would round most updates away; PEFT casts fp32 adapter
+    weights to the layer's dtype in the forward pass, so gradients still reach them. A guard: a no-op when every
+    trainable parameter is already fp32.
     """
     cast = 0
     for parameter in model.parameters():
