@@ -78,8 +78,8 @@ class SidSFTTrainer(SFTTrainer):
             logits = outputs.logits  # (B, P, V)
             kept_targets = targets[:, positions]  # (B, P): token ids
         else:
-            hidden = outputs.hidden_states[-1][:, positions].float()  # (B, P, D): final (normed) hidden states
-            logits = hidden @ head_rows(model, vocabulary).float().T  # (B, P, V_out), fp32 with a bf16 base too
+            hidden = outputs.hidden_states[-1][:, positions]  # (B, P, D): final (normed) hidden states
+            logits = hidden @ head_rows(model, vocabulary).T  # (B, P, V_out)
             kept_targets = vocabulary.targets(targets[:, positions], getattr(self, "processing_class", None))
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), kept_targets.flatten(), ignore_index=-100, reduction="sum"
@@ -154,23 +154,6 @@ class TrainingClock(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 write_json_atomic(folder / CLOCK_FILE, self.totals())
-
-
-def upcast_trainable(model: torch.nn.Module) -> int:
-    """Cast every trainable parameter that is not fp32 to fp32; returns how many were cast.
-
-    PEFT creates adapter weights in the dtype of the layer they wrap: LoRA on the bf16 projections of
-    `base_dtype: bfloat16` (which PEFT upcasts itself), or trained SID rows on a base loaded in bf16 by other code.
-    Adam steps of lr 1e-3 on bf16 values (8 bits of mantissa) would round most updates away; PEFT casts fp32 adapter
-    weights to the layer's dtype in the forward pass, so gradients still reach them. A guard: a no-op when every
-    trainable parameter is already fp32.
-    """
-    cast = 0
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
-            cast += 1
-    return cast
 
 
 def completion_tokens(trainer: SFTTrainer) -> set[int]:
@@ -315,7 +298,6 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
     index = load_index(out / "sid_index.json")
 
     model, tokenizer = load_base_model(model_name, keep_layers=args.keep_layers)
-    model_args.lora_target_modules = model_args.lora_target_modules or LORA_TARGETS
     if args.base_dtype == "bfloat16":
         converted = bf16_projections(model, LORA_TARGETS)
         if converted == 0:
@@ -326,6 +308,7 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
         logger.info("base_dtype bfloat16: %d projection layers hold bf16 weights (activations stay fp32)", converted)
     new_token_ids = add_sid_tokens(tokenizer, model, index)
     model_args.use_peft = True
+    model_args.lora_target_modules = model_args.lora_target_modules or LORA_TARGETS
     peft_config = get_peft_config(model_args)
     if args.train_new_tokens:
         # Train only the SID rows of the (tied) embedding matrix, not all 49k rows: a few hundred thousand
@@ -341,7 +324,6 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    upcast_trainable(trainer.model)
     if args.sid_softmax:
         trainer.output_vocabulary = OutputVocabulary(
             output_vocabulary(tokenizer, index, completion_tokens(trainer)), len(tokenizer)

@@ -1,24 +1,24 @@
-r"""Frozen base weights in fp32 or bf16 during SFT: seconds per step and validation quality at equal steps.
+r"""Frozen projection weights in fp32 or bf16 during SFT: seconds per step and validation quality, at equal steps
+or (with more bf16 steps) at equal training time.
 
     python scripts/bench_base_dtype.py --dataset data/ml-100k --config scripts/configs/sft_ml100k_cf.yaml \
-        --arm float32:240 --arm bfloat16:240
+        --arm float32:240 --arm bfloat16:240 --arm bfloat16:370
 
 Each arm `DTYPE:M` trains `scripts/sft.py --config CONFIG --base_dtype DTYPE --max_steps M` into
 `runs/base_dtype/<dataset>/DTYPE-sM` (reused when finished, resumed when killed) and scores it on the validation
 split through the constrained decoder (all users, history excluded; the adapter is applied to the fp32 base, as
 every run is served), next to most-popular. LoRA matrices and SID rows train in fp32 in both arms; only the frozen
-weights' dtype differs. Writes `eval/results/base_dtype_<dataset>.json` and `.md`.
+projections' dtype differs. Writes `eval/results/base_dtype_<dataset>.json` and `.md`.
 """
 
 import argparse
-import json
 import logging
 import platform
 from pathlib import Path
 
-from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import valid_arm  # scripts/ is on sys.path when this file runs as a script
 
-from eval.evaluate import evaluate_popularity, evaluate_run_cached
+from eval.evaluate import evaluate_popularity
 from llmrec.config import BASE_DTYPES
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
@@ -79,20 +79,8 @@ def main(args: argparse.Namespace) -> None:
     rows = []
     for dtype, steps in args.arm:
         overrides = ["--base_dtype", dtype, "--max_steps", str(steps), "--dataset_dir", str(dataset.path)]
-        run = trained_run(args.config, args.runs / dataset.name / f"{dtype}-s{steps}", overrides)
-        saved = evaluate_run_cached(run, dataset, "valid", run / "valid_metrics.json")
-        log = json.loads((run / "training_log.json").read_text(encoding="utf-8"))
-        rows.append(
-            {
-                "base_dtype": dtype,
-                "steps": steps,
-                "seconds_per_step": log["seconds_per_step"],
-                "train_minutes": round(run_train_seconds(run) / 60, 1),
-                "final_train_loss": log["metrics"]["train_loss"],
-                "valid": {key: saved[key] for key in SHOWN},
-                "run": str(run),
-            }
-        )
+        fields, log = valid_arm(args.config, args.runs / dataset.name / f"{dtype}-s{steps}", overrides, dataset, SHOWN)
+        rows.append({"base_dtype": dtype, "steps": steps, "seconds_per_step": log["seconds_per_step"], **fields})
     result = {
         "dataset": dataset.name,
         "config": str(args.config),

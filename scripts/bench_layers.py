@@ -9,18 +9,18 @@ at 10 layers costs ~0.4x one at 30). Writes `eval/results/sft_layers.json` and `
 """
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import valid_arm  # scripts/ is on sys.path when this file runs as a script
 
-from eval.evaluate import evaluate_popularity, evaluate_run_cached
+from eval.evaluate import evaluate_popularity
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
+SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -29,19 +29,14 @@ def main(args: argparse.Namespace) -> None:
     for arm in args.arm:
         layers, steps = (int(part) for part in arm.split(":"))
         overrides = ["--keep_layers", str(layers), "--max_steps", str(steps)]
-        run = trained_run(args.config, args.runs / f"l{layers}-s{steps}", overrides)
-        saved = evaluate_run_cached(run, dataset, "valid", run / "valid_metrics.json")
-        log = json.loads((run / "training_log.json").read_text())
+        fields, log = valid_arm(args.config, args.runs / f"l{layers}-s{steps}", overrides, dataset, SHOWN)
         rows.append(
             {
                 "layers": layers,
                 "steps": steps,
-                "train_minutes": round(run_train_seconds(run) / 60, 1),
                 "seconds_per_step": log["seconds_per_step"],
                 "tokens_per_second": log["tokens_per_second"],
-                "final_train_loss": log["metrics"]["train_loss"],
-                "valid": {key: saved[key] for key in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10")},
-                "run": str(run),
+                **fields,
             }
         )
     pop = evaluate_popularity(dataset, "valid")

@@ -103,6 +103,23 @@ def trained_run(config: Path, out: Path, overrides: list[str], script: str = "sf
     return out
 
 
+def valid_arm(config: Path, out: Path, overrides: list[str], dataset, shown: tuple[str, ...]) -> tuple[dict, dict]:
+    """Train (or reuse) one arm with `trained_run` and score it on the validation split through the constrained
+    decoder (cached in the run's `valid_metrics.json`); returns the row fields every validation bench reports
+    (`train_minutes`, `final_train_loss`, the `shown` metrics under `valid`, `run`) and the run's training log.
+    Used by bench_layers.py, bench_sid_modalities.py and bench_base_dtype.py."""
+    run = trained_run(config, out, overrides)
+    saved = evaluate_run_cached(run, dataset, "valid", run / "valid_metrics.json")
+    log = json.loads((run / "training_log.json").read_text(encoding="utf-8"))
+    fields = {
+        "train_minutes": round(run_train_seconds(run) / 60, 1),
+        "final_train_loss": log["metrics"]["train_loss"],
+        "valid": {key: saved[key] for key in shown},
+        "run": str(run),
+    }
+    return fields, log
+
+
 def run_train_seconds(run: Path) -> float:
     """A run's training wall seconds over all its resumed segments; refuses a run whose time is only partly known
     (resumed from a checkpoint without `train_clock.json`), rather than report too low a cost."""

@@ -14,13 +14,12 @@ Writes `eval/results/sid_modalities_<dataset>.json` and `.md`.
 """
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import valid_arm  # scripts/ is on sys.path when this file runs as a script
 
-from eval.evaluate import evaluate_popularity, evaluate_run_cached
+from eval.evaluate import evaluate_popularity
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic
 from llmrec.sid import load_index
@@ -77,9 +76,8 @@ def main(args: argparse.Namespace) -> None:
         index = load_index(index_path, dataset.items)
         overrides = ["--index_path", str(index_path), "--max_steps", str(args.max_steps)]
         overrides += ["--dataset_dir", str(dataset.path)]
-        run = trained_run(args.config, args.runs / dataset.name / f"{name}-s{args.max_steps}", overrides)
-        saved = evaluate_run_cached(run, dataset, "valid", run / "valid_metrics.json")
-        log = json.loads((run / "training_log.json").read_text(encoding="utf-8"))
+        out = args.runs / dataset.name / f"{name}-s{args.max_steps}"
+        fields, _ = valid_arm(args.config, out, overrides, dataset, SHOWN)
         rows.append(
             {
                 "arm": name,
@@ -87,10 +85,7 @@ def main(args: argparse.Namespace) -> None:
                 "sids_sha256": index.sids_sha256(),
                 "modalities": index.source.get("embedding", {}).get("modalities", []),
                 "sequence": sequence_coherence(index, users),
-                "train_minutes": round(run_train_seconds(run) / 60, 1),
-                "final_train_loss": log["metrics"]["train_loss"],
-                "valid": {key: saved[key] for key in SHOWN},
-                "run": str(run),
+                **fields,
             }
         )
     result = {

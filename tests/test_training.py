@@ -19,7 +19,7 @@ from llmrec.data.prepare import prepare
 from llmrec.model import bf16_projections
 from llmrec.run import load_run
 from llmrec.sid import SemanticIdIndex, save_index
-from llmrec.training import run_sft, upcast_trainable
+from llmrec.training import run_sft
 from tests.conftest import make_raw, make_tiny_model, make_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,15 +171,6 @@ def test_bf16_projections_keep_activations_fp32_and_the_logits_close(workspace):
         a, b = fp32(ids).logits, mixed(ids).logits
     assert hidden.dtype == torch.float32 and b.dtype == torch.float32
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
-
-
-def test_upcast_trainable_casts_only_trainable_low_precision_parameters():
-    layer = torch.nn.Linear(3, 2).to(torch.bfloat16)
-    frozen = torch.nn.Linear(3, 2).to(torch.bfloat16).requires_grad_(False)
-    model = torch.nn.Sequential(layer, frozen)
-    assert upcast_trainable(model) == 2  # weight and bias of the trainable layer
-    assert layer.weight.dtype == torch.float32 and frozen.weight.dtype == torch.bfloat16
-    assert upcast_trainable(model) == 0
 
 
 def test_missing_index_is_a_clear_error(workspace, tmp_path):
