@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from llmrec.data.importers.common import RawData
@@ -17,6 +22,22 @@ def make_raw() -> RawData:
     sequences = {"u1": "abcde", "u2": "bca", "u3": "cabd", "u4": "abe"}
     rows = [Interaction(u, i, 100 * n) for u, seq in sequences.items() for n, i in enumerate(seq)]
     return RawData("tiny", "fixture", items, rows, [])
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import `scripts/<name>.py`, which is not a package module, with scripts/ on sys.path while it loads so its
+    sibling imports (`from bench_quality import ...`) resolve as when it runs."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return module
 
 
 @pytest.fixture(scope="module")

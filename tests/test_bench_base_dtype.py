@@ -1,18 +1,12 @@
 """bench_base_dtype's arm parsing and table."""
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))  # the script imports bench_quality as a sibling, as when it runs
-spec = importlib.util.spec_from_file_location("bench_base_dtype", SCRIPTS / "bench_base_dtype.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-sys.path.remove(str(SCRIPTS))
+from tests.conftest import load_script
+
+bench = load_script("bench_base_dtype")
 
 
 def test_arms_are_dtype_colon_steps():

@@ -1,7 +1,6 @@
 """bench_quality's bookkeeping: which cached SASRec results are reused, and the paired per-user comparison."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,11 +9,9 @@ import numpy as np
 import pytest
 
 from eval.metrics import ndcg_gains
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
-spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-bench_quality = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_quality)
+bench_quality = load_script("bench_quality")
 
 FILES = {"train.jsonl": "abc"}
 

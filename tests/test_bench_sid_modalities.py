@@ -1,18 +1,13 @@
 """bench_sid_modalities' arm parsing and table."""
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))  # the script imports bench_quality as a sibling, as when it runs
-spec = importlib.util.spec_from_file_location("bench_sid_modalities", SCRIPTS / "bench_sid_modalities.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-sys.path.remove(str(SCRIPTS))
+from tests.conftest import load_script
+
+bench = load_script("bench_sid_modalities")
 
 
 def test_arms_are_name_equals_index():
