@@ -16,15 +16,12 @@ import logging
 import platform
 from pathlib import Path
 
-from bench_quality import valid_arm  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import save_bench, valid_arm  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity
 from llmrec.config import BASE_DTYPES
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import write_json_atomic
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "eval" / "results"
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10")
 
 
@@ -89,10 +86,7 @@ def main(args: argparse.Namespace) -> None:
         "popularity_valid": evaluate_popularity(dataset, "valid"),
         "note": args.note,
     }
-    write_json_atomic(RESULTS / f"base_dtype_{dataset.name}.json", result)
-    text = markdown(result)
-    (RESULTS / f"base_dtype_{dataset.name}.md").write_text(text, encoding="utf-8")
-    print(text)
+    save_bench(f"base_dtype_{dataset.name}", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from bench_quality import valid_arm  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import save_bench, valid_arm  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import evaluate_popularity
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "eval" / "results"
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10")
 
 
@@ -42,7 +40,6 @@ def main(args: argparse.Namespace) -> None:
     pop = evaluate_popularity(dataset, "valid")
     config = str(args.config.resolve().relative_to(REPO))
     result = {"dataset": dataset.name, "config": config, "arms": rows, "popularity_valid": pop, "note": args.note}
-    write_json_atomic(RESULTS / "sft_layers.json", result)
     lines = [
         f"Validation split of `{dataset.name}` ({pop['n_users']} users, full ranking, history excluded); recipe "
         f"`{config}` with `--keep_layers N --max_steps M`.",
@@ -63,8 +60,7 @@ def main(args: argparse.Namespace) -> None:
     )
     if args.note:
         lines += ["", args.note]
-    (RESULTS / "sft_layers.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    save_bench("sft_layers", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,14 @@ def valid_arm(config: Path, out: Path, overrides: list[str], dataset, shown: tup
     return fields, log
 
 
+def save_bench(stem: str, result: dict, text: str) -> None:
+    """Write a validation bench's result to `eval/results/<stem>.json` (atomically) and its table to `<stem>.md`, and
+    print the table. Used by bench_layers.py, bench_sid_modalities.py and bench_base_dtype.py."""
+    write_json_atomic(RESULTS / f"{stem}.json", result)
+    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    print(text)
+
+
 def run_train_seconds(run: Path) -> float:
     """A run's training wall seconds over all its resumed segments; refuses a run whose time is only partly known
     (resumed from a checkpoint without `train_clock.json`), rather than report too low a cost."""

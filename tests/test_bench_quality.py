@@ -115,3 +115,10 @@ def test_a_recipe_trains_on_its_own_index_file_in_the_benchmarked_dataset():
     cf = {"index_path": "data/ml-100k/sid_index_cf.json"}
     assert bench_quality.recipe_index(cf, Path("/tmp/ml")) == Path("/tmp/ml/sid_index_cf.json")
     assert bench_quality.recipe_index({}, Path("/tmp/ml")) == Path("/tmp/ml/sid_index.json")
+
+
+def test_save_bench_writes_json_and_table_side_by_side(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_quality, "RESULTS", tmp_path)
+    bench_quality.save_bench("layers_x", {"arms": [1, 2]}, "| a |\n")
+    assert json.loads((tmp_path / "layers_x.json").read_text()) == {"arms": [1, 2]}
+    assert (tmp_path / "layers_x.md").read_text() == "| a |\n" and "| a |" in capsys.readouterr().out
