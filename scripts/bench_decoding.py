@@ -18,6 +18,7 @@ import torch
 
 import llmrec.decoding
 from llmrec.data.dataset import load_dataset
+from llmrec.data.io import write_json_atomic, write_text_atomic
 from llmrec.decoding import constrained_beam_search
 from llmrec.recommender import Recommender
 
@@ -127,7 +128,7 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
         },
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "decoding_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out / "decoding_bench.json", report)
     lines = [
         "| decoder | s / user (top-10, 10 beams) | vs ours |",
         "|---|---|---|",
@@ -142,7 +143,7 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
         f"| llmrec, preallocated beam KV cache | {eval_cached:.3f} | 1.00 |",
         f"| llmrec decoder with HF DynamicCache | {eval_dynamic:.3f} | {eval_dynamic / eval_cached:.2f} |",
     ]
-    (out / "decoding_bench.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "decoding_bench.md", "\n".join(lines) + "\n")
     print(json.dumps(report, indent=2))
     print("\n".join(lines))
 

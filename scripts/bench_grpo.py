@@ -26,7 +26,7 @@ from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.p
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import write_json_atomic
+from llmrec.data.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
@@ -80,7 +80,7 @@ def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     blocks = [f"#### {path.stem.removeprefix('grpo_')}\n\n{path.read_text(encoding='utf-8')}" for path in files]
     body = "\n".join(blocks) if blocks else "No GRPO results yet: run `python scripts/bench_grpo.py`.\n"
     head, rest = text.split(README_START, 1)
-    readme.write_text(f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}", encoding="utf-8")
+    write_text_atomic(readme, f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}")
 
 
 def ndcg10_change(before: dict, after: dict) -> dict | None:
@@ -173,7 +173,7 @@ def main(args: argparse.Namespace) -> None:
     results.mkdir(parents=True, exist_ok=True)
     stem = f"grpo_{dataset.name}" + (f"_{args.tag}" if args.tag else "")  # update_readme shows every grpo_*.md
     write_json_atomic(results / f"{stem}.json", result)
-    (results / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
+    write_text_atomic(results / f"{stem}.md", markdown(result))
     print(markdown(result))
     if args.results.resolve() == (REPO / "eval" / "results").resolve():
         update_readme(args.results)

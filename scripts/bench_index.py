@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmrec.data.io import write_json_atomic, write_text_atomic
+
 REAL = ("ml-100k", "amazon-office")
 METHODS = ("rqvae", "rqkmeans")
 SCALES = (10_000, 50_000, 100_000)
@@ -129,16 +131,14 @@ def main(data: Path, out: Path, workdir: Path, skip_scaling: bool) -> None:
             continue
         rows = [run_isolated({"kind": "real", "dataset": dataset, "method": m, "data": str(data),
                               "workdir": str(workdir)}) for m in METHODS]  # fmt: skip
-        (out / f"index_{dataset}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_json_atomic(out / f"index_{dataset}.json", rows)
         real += rows
     scaling = [] if skip_scaling else [run_isolated({"kind": "synthetic", "items": n, "method": m}) for n in SCALES
                                        for m in METHODS]  # fmt: skip
     if scaling:
-        (out / "index_scaling.json").write_text(
-            json.dumps({"note": "SYNTHETIC embeddings", "rows": scaling}, indent=2)
-        )
+        write_json_atomic(out / "index_scaling.json", {"note": "SYNTHETIC embeddings", "rows": scaling})
         plot_scaling(scaling, out / "index_scaling.png")
-    (out / "index_bench.md").write_text(markdown(real, scaling))
+    write_text_atomic(out / "index_bench.md", markdown(real, scaling))
     print(markdown(real, scaling))
     print(f"wrote {out / 'index_bench.md'}")
 

@@ -32,7 +32,7 @@ import yaml
 from eval.evaluate import evaluate_popularity, evaluate_run_cached, save_metrics, scored_alike
 from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
-from llmrec.data.io import write_json_atomic
+from llmrec.data.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path("eval/results")
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def save_bench(stem: str, result: dict, text: str) -> None:
     """Write a validation bench's result to `eval/results/<stem>.json` (atomically) and its table to `<stem>.md`, and
     print the table. Used by bench_layers.py, bench_sid_modalities.py and bench_base_dtype.py."""
     write_json_atomic(RESULTS / f"{stem}.json", result)
-    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    write_text_atomic(RESULTS / f"{stem}.md", text)
     print(text)
 
 
@@ -273,7 +273,7 @@ def update_readme(readme: Path = REPO / "README.md") -> None:
     body = "\n".join(blocks) if blocks else "No quality results yet: run `python scripts/bench_quality.py`.\n"
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
-    readme.write_text(f"{head}{README_START}\n{body}{README_END}{tail}", encoding="utf-8")
+    write_text_atomic(readme, f"{head}{README_START}\n{body}{README_END}{tail}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -347,7 +347,7 @@ def main(args: argparse.Namespace) -> None:
         "models": models,
     }
     write_json_atomic(RESULTS / f"quality_{dataset.name}.json", result)
-    (RESULTS / f"quality_{dataset.name}.md").write_text(markdown(result), encoding="utf-8")
+    write_text_atomic(RESULTS / f"quality_{dataset.name}.md", markdown(result))
     plot(result, RESULTS / f"quality_{dataset.name}.png")
     print(markdown(result))
 

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmrec.data.io import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 SEQREC = "scripts/configs/sft_ml100k_seqrec.yaml"  # chat seqrec prompts (history in the prompt) + fusion
 SEQUENCE = "scripts/configs/sft_ml100k_long.yaml"  # plain `sequence` runs, SIDs back to back (the quality recipe)
@@ -78,9 +80,7 @@ def main(steps: int, out: Path) -> None:
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_bench.json").write_text(
-        json.dumps({"dataset": "ml-100k", "model": "SmolLM2-135M-Instruct", "rows": rows}, indent=2) + "\n"
-    )
+    write_json_atomic(out / "sft_bench.json", {"dataset": "ml-100k", "model": "SmolLM2-135M-Instruct", "rows": rows})
     lines = [
         "| configuration | s / optimizer step | tokens / s | padding | peak RSS GB | trainable params |",
         "|---|---|---|---|---|---|",
@@ -90,7 +90,7 @@ def main(steps: int, out: Path) -> None:
             f"| {row['config']} | {row['seconds_per_step']:.1f} | {row['tokens_per_second']:.0f} | "
             f"{row['padding_fraction']:.1%} | {row['peak_rss_gb']:.1f} | {row['trainable_parameters']:,} |"
         )
-    (out / "sft_bench.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "sft_bench.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

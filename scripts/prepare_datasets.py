@@ -7,7 +7,6 @@ Writes `data/<name>/` for ml-100k, ml-1m and amazon-office (when `../shared/data
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from eval.evaluate import evaluate_popularity
 from llmrec.cli import DEFAULT_AMAZON_OFFICE
 from llmrec.data import prepare
 from llmrec.data.importers import import_amazon_office, import_recbole_movielens
+from llmrec.data.io import write_json_atomic, write_text_atomic
 
 SOURCES = {
     "ml-100k": lambda: import_recbole_movielens("ml-100k"),
@@ -35,7 +35,7 @@ def main(out: Path, results: Path) -> None:
         pop = evaluate_popularity(dataset, "test")
         report[name] = {"stats": dataset.meta["stats"], "prepare_seconds": round(seconds, 2), "popularity_test": pop}
     results.mkdir(parents=True, exist_ok=True)
-    (results / "datasets.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(results / "datasets.json", report)
     lines = [
         "| dataset | users | items | interactions | seq len median / mean | sparsity | prepare s "
         "| Pop R@10 | Pop N@10 |",
@@ -49,7 +49,7 @@ def main(out: Path, results: Path) -> None:
             f"{seq['p50']:g} / {seq['mean']:.1f} | {stats['sparsity']:.4f} | {row['prepare_seconds']:.1f} | "
             f"{pop['recall@10']:.4f} | {pop['ndcg@10']:.4f} |"
         )
-    (results / "datasets.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(results / "datasets.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {results / 'datasets.json'}")
 

@@ -122,3 +122,24 @@ def test_save_bench_writes_json_and_table_side_by_side(tmp_path, monkeypatch, ca
     bench_quality.save_bench("layers_x", {"arms": [1, 2]}, "| a |\n")
     assert json.loads((tmp_path / "layers_x.json").read_text()) == {"arms": [1, 2]}
     assert (tmp_path / "layers_x.md").read_text() == "| a |\n" and "| a |" in capsys.readouterr().out
+
+
+def test_update_readme_replaces_only_the_results_block(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality_tiny.json").write_text(json.dumps({"dataset": "tiny"}), encoding="utf-8")
+    (results / "quality_tiny.md").write_text("| model | ndcg@10 |\n", encoding="utf-8")
+    monkeypatch.setattr(bench_quality, "RESULTS", results)
+    readme = tmp_path / "README.md"
+    start, end = bench_quality.README_START, bench_quality.README_END
+    readme.write_text(f"# intro\n{start}\nstale table\n{end}\nreading kept\n", encoding="utf-8")
+    bench_quality.update_readme(readme)
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(f"# intro\n{start}\n#### tiny\n\n| model | ndcg@10 |\n")
+    assert "stale table" not in text and text.endswith(f"{end}\nreading kept\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", "results"]  # no temporary file left
+
+    readme.write_text("no markers\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="lacks the"):
+        bench_quality.update_readme(readme)
+    assert readme.read_text(encoding="utf-8") == "no markers\n"

@@ -17,7 +17,7 @@ import pytest
 from llmrec.data.dataset import load_dataset, read_interactions, read_items
 from llmrec.data.filtering import FilterReport, handle_duplicates, k_core
 from llmrec.data.importers.common import RawData
-from llmrec.data.io import DataError
+from llmrec.data.io import DataError, write_json_atomic, write_text_atomic
 from llmrec.data.prepare import PrepareConfig, prepare
 from llmrec.data.split import Example, LeaveOneOutSplit, UserSplit, leave_one_out
 from llmrec.data.stats import dataset_stats
@@ -165,6 +165,24 @@ def test_prepared_folder_permissions_follow_umask(tmp_path):
         os.umask(umask)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "ds", *(tmp_path / "ds").iterdir())}
     assert modes == {name: 0o755 if name == "ds" else 0o644 for name in modes}
+
+
+def test_write_text_atomic_replaces_whole_file_or_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "results" / "table.md"
+    write_text_atomic(target, "| a |\n")
+    write_text_atomic(target, "| b |\n")
+    assert target.read_text(encoding="utf-8") == "| b |\n"
+
+    def killed_rename(src, dst):
+        raise KeyboardInterrupt  # the writer is stopped after the new text is on disk, before the rename
+
+    monkeypatch.setattr(os, "replace", killed_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(target, "| half |")
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomic(target, {"half": True})
+    assert target.read_text(encoding="utf-8") == "| b |\n"
+    assert os.listdir(target.parent) == ["table.md"]  # no temporary file left beside it
 
 
 # --- load_dataset errors --------------------------------------------------------------------------------------

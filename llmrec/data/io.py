@@ -134,18 +134,24 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
-def write_json_atomic(path: str | Path, payload: object) -> None:
-    """Write JSON to `path` through a temporary file and an atomic rename."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it and an atomic rename, so a killed writer
+    leaves the previous file (or none), never a truncated one: results tables and the README blocks the benches
+    regenerate go through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be like any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: object) -> None:
+    """Write JSON (indented, UTF-8, trailing newline) to `path` atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
