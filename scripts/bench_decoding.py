@@ -127,7 +127,6 @@ def main(run: Path, dataset_dir: Path, users: int, out: Path) -> None:
             "speedup": round(eval_dynamic / eval_cached, 2),
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "decoding_bench.json", report)
     lines = [
         "| decoder | s / user (top-10, 10 beams) | vs ours |",

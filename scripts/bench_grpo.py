@@ -21,7 +21,11 @@ import logging
 from pathlib import Path
 
 import yaml
-from bench_quality import run_train_seconds, trained_run  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import (  # scripts/ is on sys.path when this file runs as a script
+    replace_readme_block,
+    run_train_seconds,
+    trained_run,
+)
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
 from eval.metrics import ndcg_gains, paired_bootstrap
@@ -73,14 +77,10 @@ def markdown(result: dict) -> str:
 
 def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     """Replace the README block between the `results:grpo` markers with every `grpo_*.md` in `results`."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} lacks the {README_START} / {README_END} markers.")
     files = sorted(results.glob("grpo_*.md"))
     blocks = [f"#### {path.stem.removeprefix('grpo_')}\n\n{path.read_text(encoding='utf-8')}" for path in files]
     body = "\n".join(blocks) if blocks else "No GRPO results yet: run `python scripts/bench_grpo.py`.\n"
-    head, rest = text.split(README_START, 1)
-    write_text_atomic(readme, f"{head}{README_START}\n{body}{README_END}{rest.split(README_END, 1)[1]}")
+    replace_readme_block(readme, README_START, README_END, body)
 
 
 def ndcg10_change(before: dict, after: dict) -> dict | None:
@@ -170,11 +170,11 @@ def main(args: argparse.Namespace) -> None:
         "grpo_runs": [grpo_summary(run) for run in grpo_runs],
         "rows": rows,
     }
-    results.mkdir(parents=True, exist_ok=True)
     stem = f"grpo_{dataset.name}" + (f"_{args.tag}" if args.tag else "")  # update_readme shows every grpo_*.md
     write_json_atomic(results / f"{stem}.json", result)
-    write_text_atomic(results / f"{stem}.md", markdown(result))
-    print(markdown(result))
+    table = markdown(result)
+    write_text_atomic(results / f"{stem}.md", table)
+    print(table)
     if args.results.resolve() == (REPO / "eval" / "results").resolve():
         update_readme(args.results)
     print(f"results written to {results / f'{stem}.md'}")

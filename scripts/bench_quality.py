@@ -262,18 +262,23 @@ def plot(result: dict, path: Path) -> None:
 
 def update_readme(readme: Path = REPO / "README.md") -> None:
     """Replace the README block between the markers with every `quality_*.md`, in dataset order."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} lacks the {README_START} / {README_END} markers.")
     blocks = []
     for path in sorted(RESULTS.glob("quality_*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         blocks.append(f"#### {result['dataset']}\n\n" + (RESULTS / f"quality_{result['dataset']}.md").read_text())
         blocks.append(f"![{result['dataset']} quality](eval/results/quality_{result['dataset']}.png)\n")
     body = "\n".join(blocks) if blocks else "No quality results yet: run `python scripts/bench_quality.py`.\n"
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    write_text_atomic(readme, f"{head}{README_START}\n{body}{README_END}{tail}")
+    replace_readme_block(readme, README_START, README_END, body)
+
+
+def replace_readme_block(readme: Path, start: str, end: str, body: str) -> None:
+    """Rewrite `readme` (atomically) with `body` between the `start` and `end` marker lines, keeping all text
+    outside them; a README without both markers is left as it is and refused. Shared with bench_grpo.py."""
+    text = readme.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} lacks the {start} / {end} markers.")
+    head, rest = text.split(start, 1)
+    write_text_atomic(readme, f"{head}{start}\n{body}{end}{rest.split(end, 1)[1]}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -347,9 +352,10 @@ def main(args: argparse.Namespace) -> None:
         "models": models,
     }
     write_json_atomic(RESULTS / f"quality_{dataset.name}.json", result)
-    write_text_atomic(RESULTS / f"quality_{dataset.name}.md", markdown(result))
+    table = markdown(result)
+    write_text_atomic(RESULTS / f"quality_{dataset.name}.md", table)
     plot(result, RESULTS / f"quality_{dataset.name}.png")
-    print(markdown(result))
+    print(table)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,6 @@ def main(steps: int, out: Path) -> None:
             raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1])
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sft_bench.json", {"dataset": "ml-100k", "model": "SmolLM2-135M-Instruct", "rows": rows})
     lines = [
         "| configuration | s / optimizer step | tokens / s | padding | peak RSS GB | trainable params |",

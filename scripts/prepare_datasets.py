@@ -34,7 +34,6 @@ def main(out: Path, results: Path) -> None:
         seconds = time.perf_counter() - started
         pop = evaluate_popularity(dataset, "test")
         report[name] = {"stats": dataset.meta["stats"], "prepare_seconds": round(seconds, 2), "popularity_test": pop}
-    results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results / "datasets.json", report)
     lines = [
         "| dataset | users | items | interactions | seq len median / mean | sparsity | prepare s "
