@@ -57,6 +57,9 @@ class SFTScriptArguments:
         sequence_context (`int`, *optional*, defaults to `0`): `sequence` rows write the first N items of each run
             in the prompt as context, without loss, so every trained position sees at least N earlier items
             (`llmrec.prompting.sequence_windows`); needs `chat: false`.
+        sequence_shifts (`int`, *optional*, defaults to `1`): `sequence` rows: cut every user's sequence N times,
+            each cut's run boundaries moved a further 1/N of a run, so N times the distinct training rows
+            (`llmrec.prompting.shifted_sequence_windows`).
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -83,6 +86,9 @@ class SFTScriptArguments:
     )
     sequence_context: int = field(
         default=0, metadata={"help": "sequence rows: context items (no loss) before each run's trained items"}
+    )
+    sequence_shifts: int = field(
+        default=1, metadata={"help": "sequence rows: cuts per user sequence, each with its runs moved 1/N of a run"}
     )
 
     def __post_init__(self) -> None:

@@ -10,7 +10,10 @@ models. Sources, so that no evaluation target is ever a training target:
   every SID trains next-item prediction at every position at once); validation/test rows are the history plus
   the target. With `sequence_context = c > 0` the first `c` items of each run (after a user's first run) move into
   the prompt as context without loss, so every trained position sees at least `c` earlier items, closer to
-  inference, where the history is always whole.
+  inference, where the history is always whole. With `sequence_shifts = n > 1` every user's sequence is cut `n`
+  times, each cut moved a further `1/n` of a run from the end (`shifted_sequence_windows`), so an item is trained
+  at `n` different positions of its run: `n` times the distinct rows for the same training steps, instead of
+  repeating one cut every epoch.
 - `item2sid`, `sid2item`, `search`: one row per catalog item (item knowledge, not user behaviour).
 
 `eval_task` (`seqrec` or `sequence`) is the task of the validation/test rows, and the prompt the recommender
@@ -69,6 +72,8 @@ class PromptConfig:
             prompt as context, without loss (see `sequence_windows`). 0 cuts runs that share one item and trains
             every item of a run, the first from the instruction alone. Needs plain prompts (`chat=False`): a chat
             completion cannot start inside the prompt.
+        sequence_shifts (`int`, *optional*, defaults to `1`): `sequence` rows: cuts of each user's sequence, each
+            moved a further `1/n` of a run from the end (`sequence_shift_offsets`); every cut trains every item once.
     """
 
     tasks: dict[str, int] = field(
@@ -83,6 +88,7 @@ class PromptConfig:
     eval_task: str = "seqrec"
     item_separator: str = ", "
     sequence_context: int = 0
+    sequence_shifts: int = 1
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -107,6 +113,13 @@ class PromptConfig:
             raise ValueError(
                 f"sequence_context={self.sequence_context} needs plain prompts (chat=False): the context items are "
                 "written at the end of the prompt, where a chat template would close the user turn."
+            )
+        stride = sequence_stride(self.max_history, self.sequence_context)
+        if not 1 <= self.sequence_shifts <= stride:
+            raise ValueError(
+                f"sequence_shifts must be between 1 and the run stride ({stride} items for max_history "
+                f"{self.max_history}, sequence_context {self.sequence_context}), got {self.sequence_shifts}: "
+                "more cuts than that would repeat one."
             )
         if self.eval_templates not in ("first", "random"):
             raise ValueError(f"eval_templates must be 'first' or 'random', got {self.eval_templates!r}.")
@@ -302,6 +315,49 @@ def sequence_windows(
     return windows[::-1]
 
 
+def sequence_stride(max_history: int, context: int) -> int:
+    """Items between the starts of consecutive `sequence_windows` runs: `max_history` for `context=0` (runs share
+    one item), else the `max_history + 1 - context` trained items of a window."""
+    return max_history if context == 0 else max_history + 1 - context
+
+
+def sequence_shift_offsets(max_history: int, context: int, shifts: int) -> list[int]:
+    """How far each of `shifts` cuts ends before the sequence's end: evenly spaced over one run stride.
+
+    Examples:
+        >>> sequence_shift_offsets(20, 0, 3)
+        [0, 6, 13]
+        >>> sequence_shift_offsets(20, 0, 1)
+        [0]
+    """
+    stride = sequence_stride(max_history, context)
+    return [k * stride // shifts for k in range(shifts)]
+
+
+def shifted_sequence_windows(
+    train: tuple[str, ...], max_history: int, context: int, offset: int
+) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """`sequence_windows` of the sequence without its last `offset` items, then one window that trains those.
+
+    The cut boundaries move by `offset` items, so runs hold other items at other positions than the unshifted cut,
+    and every item is still trained once. The tail window joins the last head run as the cut's runs join each other
+    (with `context=0` it repeats the run's last item as its own first; otherwise that run's last `context` items are
+    its context). A sequence too short to leave two items before the tail keeps the unshifted cut.
+
+    Examples:
+        >>> shifted_sequence_windows(("a", "b", "c", "d", "e", "f"), max_history=2, context=0, offset=1)
+        [((), ('a', 'b', 'c')), ((), ('c', 'd', 'e')), ((), ('e', 'f'))]
+        >>> shifted_sequence_windows(("a", "b", "c", "d", "e", "f"), max_history=2, context=1, offset=1)
+        [(('a',), ('b', 'c')), (('c',), ('d', 'e')), (('e',), ('f',))]
+    """
+    end = len(train) - offset
+    if offset == 0 or end < 2:
+        return sequence_windows(train, max_history, context)
+    head = sequence_windows(train[:end], max_history, context)
+    tail = ((), train[end - 1 :]) if context == 0 else (train[max(0, end - context) : end], train[end:])
+    return [*head, tail]
+
+
 def _limit(rows: list[dict], limit: int, rng: random.Random) -> list[dict]:
     return rows if limit == 0 or len(rows) <= limit else rng.sample(rows, limit)
 
@@ -326,10 +382,14 @@ def render_splits(dataset: Dataset, index: SemanticIdIndex, config: PromptConfig
         if task in ("seqrec", "fusion"):
             rows = [renderer.row(task, renderer.sequence_values(h, t), rng, u, t) for u, h, t in windows]
         elif task == "sequence":
+            offsets = sequence_shift_offsets(config.max_history, config.sequence_context, config.sequence_shifts)
             rows = [
                 renderer.sequence_row(context, run, rng, user.user_id)
+                for offset in offsets
                 for user in split.users
-                for context, run in sequence_windows(user.train, config.max_history, config.sequence_context)
+                for context, run in shifted_sequence_windows(
+                    user.train, config.max_history, config.sequence_context, offset
+                )
             ]
         else:
             rows = [renderer.row(task, renderer.item_values(i), rng, "", i) for i in dataset.items]

@@ -264,6 +264,7 @@ def prepare_run_folder(args: SFTScriptArguments, out: Path, resuming: bool) -> P
         eval_task=args.eval_task,
         item_separator=args.item_separator,
         sequence_context=args.sequence_context,
+        sequence_shifts=args.sequence_shifts,
     )
     out.mkdir(parents=True, exist_ok=True)
     prompt_dir = out / "prompt_data"

@@ -141,39 +141,70 @@ def run_train_seconds(run: Path) -> float:
     return log["train_seconds"]
 
 
-def reusable_without_run(saved: dict, dataset, num_beams: int | None) -> bool:
+def reusable_without_run(saved: dict, dataset, num_beams: int | None, split: str = "test") -> bool:
     """Whether a cached llmrec result can stand in for its deleted run folder: it scored this dataset's exact split
-    files on the test split for every user with this beam width, and it carries its run's training time. (With
-    the run present, `evaluate_run_cached` checks the adapter checksum instead.)"""
+    files on `split` for every user with this beam width, and it carries its run's training time. (With the run
+    present, `evaluate_run_cached` checks the adapter checksum instead.)"""
     return (
         saved.get("dataset_sha256") == dataset.meta["files"]
-        and scored_alike(saved, dataset, "test", num_beams=num_beams)
+        and scored_alike(saved, dataset, split, num_beams=num_beams)
         and "train_seconds" in saved
     )
 
 
 def llmrec_seed_result(
-    config: Path, run: Path, overrides: list[str], dataset, raw_path: Path, num_beams: int | None
+    config: Path, run: Path, overrides: list[str], dataset, raw_path: Path, num_beams: int | None, split: str = "test"
 ) -> dict:
-    """Test metrics and training seconds of one llmrec recipe and seed. The run folder is trained (or resumed, or
+    """`split` metrics and training seconds of one llmrec recipe and seed. The run folder is trained (or resumed, or
     reused) and scored, and its training time is saved into the raw result; if the folder is gone (a new machine)
     but a matching raw result holds its scores and training time, that result is reused instead of retraining
     for an hour. Delete the raw file to retrain."""
     if not (run / "run_config.json").is_file() and raw_path.is_file():
         saved = json.loads(raw_path.read_text(encoding="utf-8"))
-        if reusable_without_run(saved, dataset, num_beams):
+        if reusable_without_run(saved, dataset, num_beams, split):
             logging.warning(
                 "%s is gone: reusing its scores and training time from %s (adapter sha256 %s).",
                 run, raw_path, saved.get("run_adapter_sha256"),
             )  # fmt: skip
             return saved
     run = trained_run(config, run, overrides)
-    row = evaluate_run_cached(run, dataset, "test", raw_path, num_beams=num_beams)
+    row = evaluate_run_cached(run, dataset, split, raw_path, num_beams=num_beams)
     seconds = run_train_seconds(run)
     if row.get("train_seconds") != seconds:
         row["train_seconds"] = seconds
         save_metrics(row, raw_path)
     return row
+
+
+def llmrec_model(
+    sft_config: Path, seeds: list[int], dataset, runs: Path, num_beams: int | None, split: str = "test"
+) -> dict:
+    """One llmrec row: `sft_config` trained (or reused) once per seed as `<runs>/<dataset>/<recipe>-seed<S>` and
+    scored on `split` (raw results cached as `eval/results/raw/<dataset>/llmrec_<recipe>-seed<S>[_valid].json`).
+    Shared with bench_recipes_valid.py, so a recipe chosen on validation is the very run scored on test."""
+    recipe = yaml.safe_load(sft_config.read_text())
+    raw = RESULTS / "raw" / dataset.name
+    rows, train_seconds = [], []
+    for seed in seeds:
+        name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
+        overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
+        overrides += ["--index_path", str(recipe_index(recipe, dataset.path))]
+        suffix = "" if split == "test" else f"_{split}"
+        row = llmrec_seed_result(
+            sft_config, runs / dataset.name / name, overrides, dataset, raw / f"llmrec_{name}{suffix}.json",
+            num_beams, split,
+        )  # fmt: skip
+        rows.append({**row, "seed": seed})
+        train_seconds.append(row["train_seconds"])
+    layers = recipe.get("keep_layers") or "all"
+    return {
+        "name": f"llmrec `{sft_config.stem}` ({recipe.get('model_name_or_path', 'smollm2')}, {layers} layers)",
+        "per_seed": rows,
+        "summary": summary(rows),
+        "train_cpu_minutes": round(statistics.fmean(train_seconds) / 60, 1),
+        "sft_config": recipe,
+        "sft_config_path": str(sft_config),
+    }
 
 
 def summary(rows: list[dict]) -> dict:
@@ -315,29 +346,8 @@ def main(args: argparse.Namespace) -> None:
         )
 
     for sft_config, recipe_seeds in args.sft_config or []:
-        recipe = yaml.safe_load(sft_config.read_text())
-        rows, train_seconds = [], []
-        for seed in recipe_seeds or args.llmrec_seeds or args.seeds:
-            name = f"{sft_config.stem}-seed{seed}"  # one run per recipe and seed
-            overrides = ["--seed", str(seed), "--prompts_seed", str(seed), "--dataset_dir", str(dataset.path)]
-            overrides += ["--index_path", str(recipe_index(recipe, dataset.path))]
-            row = llmrec_seed_result(
-                sft_config, args.runs / dataset.name / name, overrides, dataset, raw / f"llmrec_{name}.json",
-                args.num_beams,
-            )  # fmt: skip
-            rows.append({**row, "seed": seed})
-            train_seconds.append(row["train_seconds"])
-        layers = recipe.get("keep_layers") or "all"
-        models.append(
-            {
-                "name": f"llmrec `{sft_config.stem}` ({recipe.get('model_name_or_path', 'smollm2')}, {layers} layers)",
-                "per_seed": rows,
-                "summary": summary(rows),
-                "train_cpu_minutes": round(statistics.fmean(train_seconds) / 60, 1),
-                "sft_config": recipe,
-                "sft_config_path": str(sft_config),
-            }
-        )
+        seeds = recipe_seeds or args.llmrec_seeds or args.seeds
+        models.append(llmrec_model(sft_config, seeds, dataset, args.runs, args.num_beams))
 
     versus_sasrec(models)
     for model in models:

@@ -14,7 +14,9 @@ from llmrec.prompting import (
     load_templates,
     render_splits,
     sequence_runs,
+    sequence_shift_offsets,
     sequence_windows,
+    shifted_sequence_windows,
     training_windows,
 )
 from llmrec.sid import SemanticIdIndex, save_index
@@ -119,6 +121,62 @@ def test_sequence_windows_train_every_item_once_with_at_least_the_context():
     # context 0 is sequence_runs' cut, written as windows without context
     assert sequence_windows(train, 4, 0) == [((), (*h, t)) for h, t in sequence_runs(train, 4)]
     assert sequence_windows(("a",), 3, 1) == [] and sequence_windows((), 3, 2) == []
+
+
+def test_shifted_cuts_train_every_item_once_with_other_run_boundaries():
+    """Every shifted cut is a valid cut (each item trained once, in order, runs within `max_history + 1` items,
+    context right before its run) whose run starts differ from the unshifted cut's."""
+    train = tuple("abcdefghijklmnopqrstuvwxyz")
+
+    def starts(windows):
+        return {train.index(run[0]) for _, run in windows}
+
+    for max_history, context in [(3, 0), (5, 0), (20, 0), (4, 1), (5, 2), (9, 4)]:
+        unshifted = sequence_windows(train, max_history, context)
+        offsets = sequence_shift_offsets(max_history, context, 3 if max_history > 3 else 2)
+        assert offsets[0] == 0 and len(set(offsets)) == len(offsets)
+        for offset in offsets:
+            windows = shifted_sequence_windows(train, max_history, context, offset)
+            trained = [item for _, run in windows for item in run]
+            if context == 0:  # consecutive runs share one item, as in sequence_runs
+                trained = [*windows[0][1]] + [item for _, run in windows[1:] for item in run[1:]]
+            assert trained in (list(train), list(train[1:]))
+            for ctx, run in windows:
+                start = train.index(run[0])
+                assert run and len(ctx) + len(run) <= max_history + 1
+                assert ctx == train[max(0, start - len(ctx)) : start]
+                if context == 0 and start > 0:
+                    assert train[start] == windows[windows.index((ctx, run)) - 1][1][-1]
+            if offset:
+                assert windows[-1][1][-1] == "z" and starts(windows) != starts(unshifted)
+            else:
+                assert windows == unshifted
+    # a sequence too short to leave two items before the tail keeps the unshifted cut
+    assert shifted_sequence_windows(("a", "b"), 4, 0, 1) == sequence_windows(("a", "b"), 4, 0)
+
+
+def test_sequence_shifts_multiply_the_distinct_training_rows(tiny_dataset, tiny_index):
+    """`sequence_shifts=2` renders the unshifted cut plus one moved by half a run; validation and test rows stay."""
+    index, _ = tiny_index
+    config = PromptConfig(tasks={"sequence": 0}, max_history=2, chat=False, eval_task="sequence", item_separator="")
+    shifted = render_splits(tiny_dataset, index, replace(config, sequence_shifts=2))
+    plain = render_splits(tiny_dataset, index, config)
+    sid = {item_id: index.format(codes) for item_id, codes in index.items.items()}
+    # u1 trains on a b c: unshifted (a b c), shifted by 1: (a b) + (b c); u3's c a is too short to shift.
+    assert sorted((r["user_id"], r["completion"]) for r in shifted["train"]) == sorted(
+        [
+            ("u1", sid["a"] + sid["b"] + sid["c"]),
+            ("u1", sid["a"] + sid["b"]),
+            ("u1", sid["b"] + sid["c"]),
+            ("u3", sid["c"] + sid["a"]),
+            ("u3", sid["c"] + sid["a"]),
+        ]
+    )
+    assert shifted["valid"] == plain["valid"] and shifted["test"] == plain["test"]
+    with pytest.raises(ValueError, match=r"sequence_shifts must be between 1 and the run stride \(2 items"):
+        replace(config, sequence_shifts=3)
+    with pytest.raises(ValueError, match="sequence_shifts must be between 1"):
+        replace(config, sequence_shifts=0)
 
 
 def test_sequence_context_moves_the_run_start_into_the_prompt(tiny_dataset, tiny_index):

@@ -67,7 +67,7 @@ def sequence_run_dir(tmp_path_factory, request):
 def test_sequence_context_rows_start_with_the_inference_prompt_of_their_first_trained_item(tmp_path_factory):
     """A `sequence_context` training row's prompt is the recommender's prompt for the context items, and TRL's
     prompt + completion tokens split there: the loss falls on exactly the trained SIDs, and the decoder sees what
-    training saw."""
+    training saw. With `sequence_shifts` the shifted cut's windows (u1: (| a b), (b | c)) hold to the same."""
     run = train_tiny_run(
         tmp_path_factory.mktemp("ctx"),
         tasks="sequence=0",
@@ -75,12 +75,13 @@ def test_sequence_context_rows_start_with_the_inference_prompt_of_their_first_tr
         chat=False,
         max_history=2,
         sequence_context=1,
+        sequence_shifts=2,
     )
     recommender = Recommender.from_pretrained(run)
     tokenizer, item_of = recommender.tokenizer, recommender.index.item_of()
     rows = [json.loads(line) for line in (run / "prompt_data" / "train.jsonl").read_text().splitlines()]
     with_context = [row for row in rows if row["prompt"].endswith(recommender.separator)]
-    assert with_context  # u1's window (a | b c)
+    assert len(with_context) == 2  # u1's windows (a | b c) and, shifted by one item, (b | c)
     for row in with_context:
         sids = re.findall(r"(?:<[a-z]_\d+>){2}", row["prompt"])
         context = [item_of[recommender.index.parse(sid)] for sid in sids]
@@ -90,7 +91,9 @@ def test_sequence_context_rows_start_with_the_inference_prompt_of_their_first_tr
         prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"]
         assert full_ids[: len(prompt_ids)] == prompt_ids
-    assert json.loads((run / "run_config.json").read_text())["script_args"]["sequence_context"] == 1
+    script_args = json.loads((run / "run_config.json").read_text())["script_args"]
+    assert script_args["sequence_context"] == 1 and script_args["sequence_shifts"] == 2
+    assert json.loads((run / "prompt_data" / "prompts.json").read_text())["counts"]["train"] == 5  # u1 3, u3 2
 
 
 def test_recommend_returns_valid_distinct_items_outside_the_history(run_dir):
