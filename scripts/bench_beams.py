@@ -14,11 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-from bench_quality import RESULTS, save_bench  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import RESULTS, ndcg10_change, save_bench  # scripts/ is on sys.path when this file runs as a script
 
 from eval.evaluate import beam_width, evaluate_run_cached
-from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
 
 SHOWN = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
@@ -51,15 +49,16 @@ def main(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset)
     raw = RESULTS / "raw" / dataset.name
     default = beam_width(dataset, None)
-    rows, gains = [], []
+    rows, first = [], None
     for beams in args.beams:
         out = raw_path(raw, args.run, beams, default)
         saved = evaluate_run_cached(args.run, dataset, "valid", out, num_beams=beams)
-        gains.append(ndcg_gains(np.array(saved["target_ranks"]), 10))  # (U,)
         row = {"num_beams": beams, **{key: saved[key] for key in SHOWN}}
         row["seconds_per_user"] = saved["wall_time_s"] / saved["n_users"]
-        if rows:
-            row["ndcg@10_vs_first"] = paired_bootstrap(gains[0], gains[-1])
+        if first is None:
+            first = saved
+        else:
+            row["ndcg@10_vs_first"] = ndcg10_change(first, saved)
         rows.append(row)
     result = {"dataset": dataset.name, "run": str(args.run), "n_users": saved["n_users"], "widths": rows}
     save_bench(f"beams_{dataset.name}", result, markdown(result))

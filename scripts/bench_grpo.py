@@ -22,13 +22,13 @@ from pathlib import Path
 
 import yaml
 from bench_quality import (  # scripts/ is on sys.path when this file runs as a script
+    ndcg10_change,
     replace_readme_block,
     run_train_seconds,
     trained_run,
 )
 
 from eval.evaluate import evaluate_popularity, evaluate_run_cached
-from eval.metrics import ndcg_gains, paired_bootstrap
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import write_json_atomic, write_text_atomic
 
@@ -81,16 +81,6 @@ def update_readme(results: Path, readme: Path = REPO / "README.md") -> None:
     blocks = [f"#### {path.stem.removeprefix('grpo_')}\n\n{path.read_text(encoding='utf-8')}" for path in files]
     body = "\n".join(blocks) if blocks else "No GRPO results yet: run `python scripts/bench_grpo.py`.\n"
     replace_readme_block(readme, README_START, README_END, body)
-
-
-def ndcg10_change(before: dict, after: dict) -> dict | None:
-    """Paired bootstrap of the per-user NDCG@10 change from `before` to `after` (two evaluations of the same users),
-    or None when either evaluation predates per-user ranks (re-run it to get the interval)."""
-    if "target_ranks" not in before or "target_ranks" not in after:
-        return None
-    if before["user_ids"] != after["user_ids"]:
-        raise SystemExit("the SFT and GRPO evaluations scored different users; delete their raw files and re-run.")
-    return paired_bootstrap(ndcg_gains(before["target_ranks"], 10), ndcg_gains(after["target_ranks"], 10))
 
 
 def grpo_summary(run: Path) -> dict:

@@ -230,18 +230,41 @@ def mean_user_gains(rows: list[dict]) -> tuple[list[str], np.ndarray] | None:
     return users, np.mean([ndcg_gains(np.array(row["target_ranks"]), 10) for row in rows], axis=0)  # (U,)
 
 
-def versus_sasrec(models: list[dict]) -> None:
-    """Add `ndcg@10_vs_sasrec` to every llmrec model: its per-user NDCG@10 minus SASRec's (each averaged over its
-    seeds), mean and paired-bootstrap 95 % interval over users. The seed spread is the table's ± std."""
-    sasrec = next((m for m in models if m["name"].startswith("SASRec")), None)
-    reference = mean_user_gains(sasrec["per_seed"]) if sasrec else None
+def versus(reference: dict, models: list[dict], key: str) -> None:
+    """Add `key` to each of `models`: its per-user NDCG@10 minus `reference`'s (each averaged over its seeds), mean
+    and paired-bootstrap 95 % interval over users. Skipped for a model (or all, for the reference) without per-user
+    ranks or scored on other users. The seed spread is the table's ± std. Shared with bench_recipes_valid.py."""
+    base = mean_user_gains(reference["per_seed"])
     for model in models:
-        if not model["name"].startswith("llmrec") or reference is None:
-            continue
         ours = mean_user_gains(model["per_seed"])
-        if ours is None or ours[0] != reference[0]:
+        if base is None or ours is None or ours[0] != base[0]:
             continue
-        model["ndcg@10_vs_sasrec"] = paired_bootstrap(reference[1], ours[1])
+        model[key] = paired_bootstrap(base[1], ours[1])
+
+
+def versus_sasrec(models: list[dict]) -> None:
+    """`versus` SASRec's row for every llmrec model, as `ndcg@10_vs_sasrec`."""
+    sasrec = next((m for m in models if m["name"].startswith("SASRec")), None)
+    if sasrec is not None:
+        versus(sasrec, [m for m in models if m["name"].startswith("llmrec")], "ndcg@10_vs_sasrec")
+
+
+def ndcg10_change(before: dict, after: dict) -> dict | None:
+    """Paired bootstrap of the per-user NDCG@10 change from `before` to `after` (two evaluations of the same users),
+    or None when either evaluation predates per-user ranks (re-run it to get the interval). Used by bench_grpo.py
+    and bench_beams.py."""
+    if "target_ranks" not in before or "target_ranks" not in after:
+        return None
+    if before["user_ids"] != after["user_ids"]:
+        raise SystemExit("the two evaluations scored different users; delete their raw files and re-run.")
+    return paired_bootstrap(ndcg_gains(before["target_ranks"], 10), ndcg_gains(after["target_ranks"], 10))
+
+
+def without_per_user(models: list[dict]) -> None:
+    """Drop the per-user fields (kept in eval/results/raw/) from every model's per-seed rows before the summary
+    JSON is written."""
+    for model in models:
+        model["per_seed"] = [{k: v for k, v in row.items() if k not in PER_USER} for row in model["per_seed"]]
 
 
 def markdown(result: dict) -> str:
@@ -350,8 +373,7 @@ def main(args: argparse.Namespace) -> None:
         models.append(llmrec_model(sft_config, seeds, dataset, args.runs, args.num_beams))
 
     versus_sasrec(models)
-    for model in models:
-        model["per_seed"] = [{k: v for k, v in row.items() if k not in PER_USER} for row in model["per_seed"]]
+    without_per_user(models)
     result = {
         "dataset": dataset.name,
         "split": "test",

@@ -17,27 +17,16 @@ import logging
 from pathlib import Path
 
 from bench_quality import (  # scripts/ is on sys.path when this file runs as a script
-    PER_USER,
     SHOWN,
     llmrec_model,
-    mean_user_gains,
     recipe_with_seeds,
     save_bench,
+    versus,
+    without_per_user,
 )
 
 from eval.evaluate import evaluate_popularity
-from eval.metrics import paired_bootstrap
 from llmrec.data.dataset import load_dataset
-
-
-def versus_first(models: list[dict]) -> None:
-    """Add `ndcg@10_vs_first` to every model after the first: its per-user NDCG@10 minus the first model's (each
-    averaged over its seeds), mean and paired-bootstrap 95 % interval over users."""
-    reference = mean_user_gains(models[0]["per_seed"])
-    for model in models[1:]:
-        ours = mean_user_gains(model["per_seed"])
-        if reference is not None and ours is not None and ours[0] == reference[0]:
-            model["ndcg@10_vs_first"] = paired_bootstrap(reference[1], ours[1])
 
 
 def markdown(result: dict) -> str:
@@ -71,9 +60,8 @@ def main(args: argparse.Namespace) -> None:
         llmrec_model(config, seeds or args.seeds, dataset, args.runs, args.num_beams, split="valid")
         for config, seeds in args.sft_config
     ]
-    versus_first(models)
-    for model in models:
-        model["per_seed"] = [{k: v for k, v in row.items() if k not in PER_USER} for row in model["per_seed"]]
+    versus(models[0], models[1:], "ndcg@10_vs_first")
+    without_per_user(models)
     result = {
         "dataset": dataset.name,
         "split": "valid",

@@ -29,7 +29,14 @@ def test_every_width_is_scored_on_validation_and_compared_with_the_first(tmp_pat
     def evaluate(run, dataset, split, out, num_beams=None):
         calls.append((split, out.name, num_beams))
         metrics = dict.fromkeys(bench.SHOWN, num_beams / 1000)
-        return {**metrics, "target_ranks": ranks[num_beams], "n_users": 4, "wall_time_s": num_beams / 10}
+        users = ["u1", "u2", "u3", "u4"]
+        return {
+            **metrics,
+            "user_ids": users,
+            "target_ranks": ranks[num_beams],
+            "n_users": 4,
+            "wall_time_s": num_beams / 10,
+        }
 
     dataset = SimpleNamespace(name="tiny", items=[f"i{n}" for n in range(50)])
     monkeypatch.setattr(bench, "load_dataset", lambda path: dataset)

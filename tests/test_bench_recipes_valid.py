@@ -63,7 +63,7 @@ def test_every_recipe_is_compared_with_the_first_user_by_user():
     first = model("llmrec `a`", [row([1, 30, 2, 5], 42), row([3, 30, 2, 7], 43)])
     second = model("llmrec `b`", [row([1, 1, 4, 30], 44)])
     models = [first, second]
-    bench.versus_first(models)
+    bench.versus(first, [second], "ndcg@10_vs_first")
     reference = np.mean([ndcg_gains(np.array(r["target_ranks"]), 10) for r in first["per_seed"]], axis=0)
     ours = ndcg_gains(np.array([1, 1, 4, 30]), 10)
     assert second["ndcg@10_vs_first"]["diff"] == pytest.approx(float(np.mean(ours - reference)))
