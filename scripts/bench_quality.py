@@ -267,11 +267,17 @@ def without_per_user(models: list[dict]) -> None:
         model["per_seed"] = [{k: v for k, v in row.items() if k not in PER_USER} for row in model["per_seed"]]
 
 
+MINUTES_NOTE = (
+    "`training CPU-min`: wall-clock minutes of training on the machine's CPU cores (2 here), mean over the seeds, "
+    "as the run's `train_seconds` recorded it."
+)
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"Dataset `{result['dataset']}`, test split, {result['n_users']} users, full ranking over "
         f"{result['n_items']} items, history items excluded for every model; mean ± std over the seeds "
-        "(a single seed shows ± 0).",
+        f"(a single seed shows ± 0). {MINUTES_NOTE}",
         "",
         "| model | seeds | " + " | ".join(SHOWN) + " | training CPU-min |",
         "|---|---|" + "---|" * (len(SHOWN) + 1),

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from bench_quality import (  # scripts/ is on sys.path when this file runs as a script
+    MINUTES_NOTE,
     SHOWN,
     llmrec_model,
     recipe_with_seeds,
@@ -35,7 +36,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Dataset `{result['dataset']}`, validation split, {pop['n_users']} users, full ranking over "
         f"{result['n_items']} items, history excluded; mean ± std over the seeds (a single seed shows ± 0). "
-        f"`vs first`: NDCG@10 minus `{models[0]['name']}`'s per user, paired bootstrap 95 % CI.",
+        f"`vs first`: NDCG@10 minus `{models[0]['name']}`'s per user, paired bootstrap 95 % CI. "
+        + MINUTES_NOTE,
         "",
         "| recipe | seeds | " + " | ".join(SHOWN) + " | training CPU-min | vs first |",
         "|---|---|" + "---|" * (len(SHOWN) + 2),
