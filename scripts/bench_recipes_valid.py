@@ -36,8 +36,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Dataset `{result['dataset']}`, validation split, {pop['n_users']} users, full ranking over "
         f"{result['n_items']} items, history excluded; mean ± std over the seeds (a single seed shows ± 0). "
-        f"`vs first`: NDCG@10 minus `{models[0]['name']}`'s per user, paired bootstrap 95 % CI. "
-        + MINUTES_NOTE,
+        f"`vs first`: NDCG@10 minus `{models[0]['name']}`'s per user, paired bootstrap 95 % CI. " + MINUTES_NOTE,
         "",
         "| recipe | seeds | " + " | ".join(SHOWN) + " | training CPU-min | vs first |",
         "|---|---|" + "---|" * (len(SHOWN) + 2),
