@@ -19,7 +19,7 @@ from llmrec.data.prepare import prepare
 from llmrec.schemas import Interaction, Item
 from llmrec.sid import SemanticIdIndex, load_index, save_index
 from tokenizer.assign import assign_codes
-from tokenizer.build import add_items, build_index, load_quantizer, quantizer_path
+from tokenizer.build import add_items, build_index, embedding_config_of, load_quantizer, quantizer_path
 from tokenizer.config import EmbeddingConfig, IndexConfig, QuantizerConfig, TextTemplate
 from tokenizer.embed import HashEncoder, check_finite, embed_items
 from tokenizer.report import code_stats, item_labels, semantic_coherence
@@ -504,6 +504,22 @@ def test_text_cf_index_builds_and_grows_new_items_by_text(dataset_a, dataset_b, 
     assert len(set(grown.items.values())) == len(grown.items) == 45
 
 
+def test_cf_window_is_recorded_and_reused_when_the_index_grows(dataset_a, dataset_b, tmp_path):
+    out = tmp_path / "sid_index.json"
+    config = hash_config(modalities=("text", "cf"), cf_dim=4, cf_window=2)
+    index = build_index(dataset_a, out, config, text_encoder=HashEncoder(32))
+    check_built_index(index, out, dataset_a, "rqkmeans")
+    saved = index.source["embedding"]
+    assert saved["cf_window"] == 2 and saved["cf_matrix"] == "items within 2 places"
+    assert embedding_config_of(index).cf_window == 2
+    grown = add_items(index, out, dataset_b, tmp_path / "grown.json", text_encoder=HashEncoder(32))
+    assert all(grown.items[item_id] == sid for item_id, sid in index.items.items())
+    assert grown.source["embedding"]["cf_window"] == 2
+    # An index written before cf windows existed reads back as the user x item kind.
+    del index.source["embedding"]["cf_window"]
+    assert embedding_config_of(index).cf_window == 0
+
+
 def test_modalities_must_be_known_and_distinct():
     with pytest.raises(ValueError, match="distinct names among text, image, cf"):
         EmbeddingConfig(modalities=("text", "ratings"))
@@ -511,6 +527,8 @@ def test_modalities_must_be_known_and_distinct():
         EmbeddingConfig(modalities=("text", "text"))
     with pytest.raises(ValueError, match="cf_dim must be >= 1"):
         EmbeddingConfig(modalities=("text", "cf"), cf_dim=0)
+    with pytest.raises(ValueError, match="cf_window must be >= 0"):
+        EmbeddingConfig(modalities=("text", "cf"), cf_window=-1)
 
 
 def test_sequence_coherence_by_hand():

@@ -206,6 +206,7 @@ def embedding_config_of(index: SemanticIdIndex) -> EmbeddingConfig:
         image_weight=saved["image_weight"],
         cf_weight=saved.get("cf_weight", 1.0),  # indices built before the cf modality lack these two
         cf_dim=saved.get("cf_dim", 64),
+        cf_window=saved.get("cf_window", 0),  # indices built before cf windows: user x item
         template=template,
     )
 

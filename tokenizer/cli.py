@@ -45,6 +45,12 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--cf-weight", type=float, default=1.0, help="weight of the cf block in the fused vector")
     build.add_argument("--cf-dim", type=int, default=64, help="singular vectors kept for the cf modality")
     build.add_argument(
+        "--cf-window",
+        type=int,
+        default=0,
+        help="cf from items consumed within this many places of each other (item x item); 0: users x items",
+    )
+    build.add_argument(
         "--per-modality", action="store_true", help="one index per modality (MQL4GRec) instead of one fused SID"
     )
     build.add_argument("--text-fields", default=",".join(DEFAULT_TEXT_FIELDS), help="item fields in the text")
@@ -110,6 +116,7 @@ def run_index_command(args: argparse.Namespace) -> None:
             image_weight=args.image_weight,
             cf_weight=args.cf_weight,
             cf_dim=args.cf_dim,
+            cf_window=args.cf_window,
             template=TextTemplate(tuple(part.strip() for part in args.text_fields.split(",") if part.strip())),
         )
         quantizer = QuantizerConfig(

@@ -54,6 +54,8 @@ class EmbeddingConfig:
         text_weight / image_weight / cf_weight (`float`, *optional*, defaults to `1.0`): fusion weights after L2
             normalisation.
         cf_dim (`int`, *optional*, defaults to `64`): singular vectors kept for the `cf` modality.
+        cf_window (`int`, *optional*, defaults to `0`): `0` factors who consumed what (user x item); `w > 0` factors
+            which items users consume within `w` places of each other (item x item, `tokenizer.collaborative`).
         template (`TextTemplate`, *optional*): how item fields become text.
     """
 
@@ -64,6 +66,7 @@ class EmbeddingConfig:
     image_weight: float = 1.0
     cf_weight: float = 1.0
     cf_dim: int = 64
+    cf_window: int = 0
     template: TextTemplate = TextTemplate()
 
     def __post_init__(self) -> None:
@@ -74,6 +77,8 @@ class EmbeddingConfig:
             )
         if self.cf_dim < 1:
             raise ValueError(f"cf_dim must be >= 1, got {self.cf_dim}.")
+        if self.cf_window < 0:
+            raise ValueError(f"cf_window must be >= 0 (0: user x item co-consumption), got {self.cf_window}.")
 
     def to_json(self) -> dict:
         return asdict(self)

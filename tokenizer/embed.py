@@ -253,7 +253,7 @@ def embed_items(
         if histories is not None:
             from tokenizer.collaborative import collaborative_embeddings
 
-            vectors, cf_summary = collaborative_embeddings(item_ids, histories, config.cf_dim)
+            vectors, cf_summary = collaborative_embeddings(item_ids, histories, config.cf_dim, window=config.cf_window)
             summary.update(cf_summary)
         elif cf_dim is not None and config.modalities != ("cf",):
             vectors = np.zeros((len(item_ids), cf_dim), dtype=np.float32)
