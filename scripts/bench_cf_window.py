@@ -29,7 +29,7 @@ from tokenizer.report import sequence_coherence
 METRICS = ("next_same_first_code", "chance", "markov_hit@10", "popular_hit@10")
 
 
-def build_or_reuse(dataset, out: Path, window: int, seed: int) -> dict:
+def build_or_reuse(dataset, users, out: Path, window: int, seed: int) -> dict:
     """The sequence coherence of the text+cf index with this cf window and quantizer seed, building it if absent."""
     started = time.perf_counter()
     if out.exists():
@@ -41,12 +41,13 @@ def build_or_reuse(dataset, out: Path, window: int, seed: int) -> dict:
         )
         index = build_index(dataset, out, config, cache=dataset.path / "embeddings")
         built = True
+    coherence = sequence_coherence(index, users)
     return {
         "window": window,
         "seed": seed,
         "index": str(out),
         "built_seconds": round(time.perf_counter() - started, 1) if built else None,
-        **{key: sequence_coherence(index, dataset.load_split().users)[key] for key in METRICS},
+        **{key: coherence[key] for key in METRICS},
     }
 
 
@@ -99,11 +100,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset)
+    users = dataset.load_split().users  # read once: every index is scored on the same training pairs
     rows = []
     for window in args.windows:
         for seed in args.seeds:
             out = args.work / dataset.name / f"w{window}_s{seed}.json"
-            rows.append(build_or_reuse(dataset, out, window, seed))
+            rows.append(build_or_reuse(dataset, users, out, window, seed))
             print(rows[-1], flush=True)
     result = {"dataset": dataset.name, "indices": rows, "windows": summarise(rows)}
     save_bench(f"cf_window_{dataset.name}", result, markdown(result))

@@ -59,7 +59,7 @@ def collaborative_embeddings(
         )
     if window < 0:
         raise ValueError(f"cf window must be >= 0 (0: user x item co-consumption), got {window}.")
-    matrix = (co_occurrence if window else user_item)(column, histories, window)  # (U, N) or (N, N)
+    matrix = co_occurrence(column, histories, window) if window else user_item(column, histories)  # (N, N) / (U, N)
     if matrix.nnz == 0:
         raise DataError("collaborative embeddings need training interactions; the histories are empty.")
     row_degree = np.asarray(matrix.sum(axis=1)).ravel()  # (U,) or (N,)
@@ -91,7 +91,7 @@ def collaborative_embeddings(
     return vectors, summary
 
 
-def user_item(column: dict[str, int], histories: Sequence[Sequence[str]], window: int = 0) -> csr_matrix:
+def user_item(column: dict[str, int], histories: Sequence[Sequence[str]]) -> csr_matrix:
     """`(U, N)` binary matrix: user u consumed item i (repeats count once)."""
     rows = [(user, column[item]) for user, history in enumerate(histories) for item in set(history)]
     users, cols = np.array(rows, dtype=np.int64).reshape(-1, 2).T
