@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from llmrec.prompting import EVAL_TASKS, TASKS
 
 BASE_DTYPES = ("float32", "bfloat16")  # torch dtype names accepted for the frozen base weights in training
+SID_INITS = ("mean", "text")  # starting rows of the SID tokens (llmrec.model)
 
 
 def parse_task_mix(text: str) -> dict[str, int]:
@@ -60,6 +61,10 @@ class SFTScriptArguments:
         sequence_shifts (`int`, *optional*, defaults to `1`): `sequence` rows: cut every user's sequence N times,
             each cut's run boundaries moved a further 1/N of a run, so N times the distinct training rows
             (`llmrec.prompting.shifted_sequence_windows`).
+        sid_init (`str`, *optional*, defaults to `"mean"`): starting rows of the SID tokens: `mean` (the vocabulary
+            mean plus small noise) or `text` (from the LM embedding of the text of the items carrying each code,
+            `llmrec.model.text_init_sid_rows`); `text` needs `train_new_tokens`, whose saved rows make the init
+            irrelevant at inference.
     """
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder"})
@@ -90,6 +95,10 @@ class SFTScriptArguments:
     sequence_shifts: int = field(
         default=1, metadata={"help": "sequence rows: cuts per user sequence, each with its runs moved 1/N of a run"}
     )
+    sid_init: str = field(
+        default="mean",
+        metadata={"help": "SID token rows start at the vocabulary mean (mean) or from item text (text)"},
+    )
 
     def __post_init__(self) -> None:
         mix = parse_task_mix(self.tasks)
@@ -104,3 +113,10 @@ class SFTScriptArguments:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
         if self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be one of {BASE_DTYPES}, got {self.base_dtype!r}.")
+        if self.sid_init not in SID_INITS:
+            raise ValueError(f"sid_init must be one of {SID_INITS}, got {self.sid_init!r}.")
+        if self.sid_init == "text" and not self.train_new_tokens:
+            raise ValueError(
+                "sid_init text needs train_new_tokens true: untrained SID rows are rebuilt at the vocabulary mean "
+                "when a run is loaded, so a text init would differ between training and inference."
+            )

@@ -144,3 +144,44 @@ def add_sid_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, i
                 noise = torch.randn(weight.shape[0] - old_size, weight.shape[1], generator=generator)
                 weight[old_size:] = mean + 0.1 * std * noise
     return list(token_ids)
+
+
+def text_init_sid_rows(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, index: SemanticIdIndex, texts: dict[str, str]
+) -> int:
+    """Start every SID token's embedding row from the text of the items that carry its code; returns rows set.
+
+    A fresh SID token knows nothing of its items, so early steps spend their updates on placing it. Here each
+    item's text is embedded by the LM itself (the mean of its tokens' rows), the row of `(level, code)` becomes the
+    vocabulary mean plus the mean deviation, from all items' mean, of the items whose SID has `code` at `level`, and
+    that deviation is scaled to the typical distance of a vocabulary row from the mean, so the new rows are as far
+    from average as ordinary tokens and point where their items' words do. Codes no item uses keep their row.
+    With untied embeddings the output matrix gets the same treatment from its own rows. Run after
+    `add_sid_tokens`; `texts` maps the index's item ids to their text (`llmrec.prompting.item_text`).
+    """
+    missing = [item_id for item_id in index.items if not texts.get(item_id)]
+    if missing:
+        raise ValueError(f"no text for {len(missing)} indexed item(s), e.g. {missing[:3]}; text init needs every one.")
+    item_ids = list(index.items)
+    encoded = tokenizer([texts[i] for i in item_ids], add_special_tokens=False)["input_ids"]
+    sid_token_ids = set(tokenizer.convert_tokens_to_ids(index.all_tokens()))
+    codes = torch.tensor([index.items[i] for i in item_ids])  # (N, L)
+    matrices = [model.get_input_embeddings().weight]  # (V, D)
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    used = [(level, code) for level in range(index.num_levels) for code in codes[:, level].unique().tolist()]
+    with torch.no_grad():
+        for weight in matrices:
+            vocab = [t for t in range(weight.shape[0]) if t not in sid_token_ids]
+            vocab_rows = weight[vocab].float()  # (V_old, D)
+            vocab_mean = vocab_rows.mean(0)
+            spread = (vocab_rows - vocab_mean).norm(dim=1).mean()
+            item_vectors = torch.stack([weight[ids].float().mean(0) for ids in encoded])  # (N, D)
+            deviations = item_vectors - item_vectors.mean(0)  # (N, D)
+            for level, code in used:
+                direction = deviations[codes[:, level] == code].mean(0)  # (D,)
+                norm = direction.norm()
+                row = vocab_mean + (direction / norm * spread if norm > 0 else 0)
+                weight[tokenizer.convert_tokens_to_ids(index.token(level, code))] = row.to(weight.dtype)
+    return len(used)

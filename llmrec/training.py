@@ -30,8 +30,8 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from llmrec.config import SFTScriptArguments, parse_task_mix
 from llmrec.data.dataset import load_dataset
 from llmrec.data.io import DataError, sha256_file, write_json_atomic
-from llmrec.model import DEFAULT_MODEL, add_sid_tokens, bf16_projections, load_base_model
-from llmrec.prompting import PromptConfig, build_prompt_datasets
+from llmrec.model import DEFAULT_MODEL, add_sid_tokens, bf16_projections, load_base_model, text_init_sid_rows
+from llmrec.prompting import PromptConfig, build_prompt_datasets, item_text
 from llmrec.sid import load_index
 from llmrec.sid_softmax import OutputVocabulary, head_rows, output_vocabulary
 from llmrec.version import __version__
@@ -308,6 +308,13 @@ def run_sft(args: SFTScriptArguments, training_args: SFTConfig, model_args: Mode
             )
         logger.info("base_dtype bfloat16: %d projection layers hold bf16 weights (activations stay fp32)", converted)
     new_token_ids = add_sid_tokens(tokenizer, model, index)
+    if args.sid_init == "text":
+        items = load_dataset(args.dataset_dir).items
+        texts = {item_id: item_text(items[item_id]) for item_id in index.items}
+        logger.info(
+            "sid_init text: %d SID rows start from their items' text",
+            text_init_sid_rows(tokenizer, model, index, texts),
+        )
     model_args.use_peft = True
     model_args.lora_target_modules = model_args.lora_target_modules or LORA_TARGETS
     peft_config = get_peft_config(model_args)

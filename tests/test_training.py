@@ -96,6 +96,34 @@ def test_training_changes_lora_and_sid_rows_only_and_saves_a_self_contained_run(
     assert torch.equal(merged[:old_size], original.get_input_embeddings().weight)
 
 
+def test_sid_init_text_is_the_rows_training_starts_from(workspace):
+    """With a zero learning rate the saved SID rows are the starting rows: those of `text_init_sid_rows` over the
+    catalog's item text, not the mean init."""
+    from transformers import AutoTokenizer
+
+    from llmrec.data.dataset import load_dataset
+    from llmrec.model import add_sid_tokens, text_init_sid_rows
+    from llmrec.prompting import item_text
+    from llmrec.sid import load_index
+
+    out = workspace / "run-text-init"
+    script, training, model_args = arguments(workspace, out, max_steps=2, learning_rate=0.0)
+    script.sid_init = "text"
+    run_sft(script, training, model_args)
+    assert json.loads((out / "run_config.json").read_text())["script_args"]["sid_init"] == "text"
+    (saved,) = [v for k, v in adapter_state(out).items() if k.endswith("trainable_tokens_delta")]
+
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "model")
+    model = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    index = load_index(workspace / "sid.json")
+    new_ids = add_sid_tokens(tokenizer, model, index)
+    mean_rows = model.get_input_embeddings().weight[new_ids].detach().clone()
+    items = load_dataset(workspace / "data").items
+    text_init_sid_rows(tokenizer, model, index, {i: item_text(items[i]) for i in index.items})
+    assert torch.allclose(saved, model.get_input_embeddings().weight[new_ids].detach())
+    assert not torch.allclose(saved, mean_rows)
+
+
 def test_reload_reproduces_logits(workspace):
     out = workspace / "run-logits"
     script, training, model_args = arguments(workspace, out, max_steps=2)
@@ -128,6 +156,10 @@ def test_bad_script_arguments():
         SFTScriptArguments(dataset_dir="d", index_path="i", keep_layers=0)
     with pytest.raises(ValueError, match="base_dtype must be one of"):
         SFTScriptArguments(dataset_dir="d", index_path="i", base_dtype="float16")
+    with pytest.raises(ValueError, match="sid_init must be one of"):
+        SFTScriptArguments(dataset_dir="d", index_path="i", sid_init="random")
+    with pytest.raises(ValueError, match="sid_init text needs train_new_tokens true"):
+        SFTScriptArguments(dataset_dir="d", index_path="i", sid_init="text", train_new_tokens=False)
     assert parse_task_mix("seqrec=0,fusion=10") == {"seqrec": 0, "fusion": 10}
 
 
