@@ -120,6 +120,15 @@ def load_base_model(
     return model, tokenizer
 
 
+def embedding_matrices(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The input embedding matrix (V, D), and the output one too when the LM head is not tied to it."""
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():  # untied lm_head
+        matrices.append(output.weight)
+    return matrices
+
+
 def add_sid_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, index: SemanticIdIndex) -> list[int]:
     """Add one token per (level, code) of `index` and resize the embeddings; returns the new tokens' ids.
 
@@ -134,12 +143,8 @@ def add_sid_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, i
     if len(tokenizer) > old_size:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         generator = torch.Generator().manual_seed(0)
-        matrices = [model.get_input_embeddings().weight]  # (V, D)
-        output = model.get_output_embeddings()
-        if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():  # untied lm_head
-            matrices.append(output.weight)
         with torch.no_grad():
-            for weight in matrices:
+            for weight in embedding_matrices(model):
                 mean, std = weight[:old_size].mean(0), weight[:old_size].std(0)
                 noise = torch.randn(weight.shape[0] - old_size, weight.shape[1], generator=generator)
                 weight[old_size:] = mean + 0.1 * std * noise
@@ -166,22 +171,22 @@ def text_init_sid_rows(
     encoded = tokenizer([texts[i] for i in item_ids], add_special_tokens=False)["input_ids"]
     sid_token_ids = set(tokenizer.convert_tokens_to_ids(index.all_tokens()))
     codes = torch.tensor([index.items[i] for i in item_ids])  # (N, L)
-    matrices = [model.get_input_embeddings().weight]  # (V, D)
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(output.weight)
-    used = [(level, code) for level in range(index.num_levels) for code in codes[:, level].unique().tolist()]
+    used = {
+        (level, code): tokenizer.convert_tokens_to_ids(index.token(level, code))
+        for level in range(index.num_levels)
+        for code in codes[:, level].unique().tolist()
+    }
     with torch.no_grad():
-        for weight in matrices:
+        for weight in embedding_matrices(model):
             vocab = [t for t in range(weight.shape[0]) if t not in sid_token_ids]
             vocab_rows = weight[vocab].float()  # (V_old, D)
             vocab_mean = vocab_rows.mean(0)
             spread = (vocab_rows - vocab_mean).norm(dim=1).mean()
             item_vectors = torch.stack([weight[ids].float().mean(0) for ids in encoded])  # (N, D)
             deviations = item_vectors - item_vectors.mean(0)  # (N, D)
-            for level, code in used:
+            for (level, code), token_id in used.items():
                 direction = deviations[codes[:, level] == code].mean(0)  # (D,)
                 norm = direction.norm()
                 row = vocab_mean + (direction / norm * spread if norm > 0 else 0)
-                weight[tokenizer.convert_tokens_to_ids(index.token(level, code))] = row.to(weight.dtype)
+                weight[token_id] = row.to(weight.dtype)
     return len(used)
