@@ -7,6 +7,7 @@ Every text embedding comes from `HashEncoder` (no model download); every quantiz
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -547,3 +548,80 @@ def test_sequence_coherence_by_hand():
     assert result["training_pairs"] == 4 and result["validation_users"] == 3
     # Markov: code 1 follows code 1, code 0 follows code 0: all three hit. Most popular next code (tie -> 0): u3 only.
     assert result["markov_hit@1"] == 1.0 and result["popular_hit@1"] == 0.3333
+
+
+# --- quantizer seed selection ---------------------------------------------------------------------------------
+
+
+def test_select_seeds_keeps_the_best_first_code_markov_seed_and_records_every_candidate(dataset_a, tmp_path):
+    from tokenizer.report import sequence_coherence
+
+    out = tmp_path / "selected" / "sid_index.json"
+    config = IndexConfig(EmbeddingConfig(text_encoder="hash-32"), RQKMEANS, select_seeds=(3, 1, 2))
+    index = build_index(dataset_a, out, config, text_encoder=HashEncoder(32))
+    selection = index.stats["seed_selection"]
+    scores = {row["seed"]: row["markov_hit@10"] for row in selection["candidates"]}
+    assert list(scores) == [3, 1, 2] and selection["metric"] == "markov_hit@10" and selection["split"] == "valid"
+    best = max(scores.values())
+    assert selection["chosen"] == next(seed for seed, score in scores.items() if score == best)
+    assert index.source["quantizer"]["seed"] == selection["chosen"]
+    # Every candidate's score is what the report computes for a plain build with that seed.
+    users = dataset_a.load_split().users
+    for seed, score in scores.items():
+        plain = build_index(
+            dataset_a, tmp_path / f"s{seed}" / "sid_index.json", hash_config(replace(RQKMEANS, seed=seed)),
+            text_encoder=HashEncoder(32),
+        )  # fmt: skip
+        assert sequence_coherence(plain, users)["markov_hit@10"] == score
+        if seed == selection["chosen"]:
+            assert plain.items == index.items
+    saved = load_index(out, dataset_a.items)
+    assert saved.stats["seed_selection"] == selection and saved.items == index.items
+    # The saved quantizer is the chosen one: new items get SIDs from it.
+    load_quantizer(saved, out)
+
+
+def test_select_seeds_breaks_ties_towards_the_earlier_seed(dataset_a, tmp_path, monkeypatch):
+    import tokenizer.build as build
+
+    scores = iter([0.25, 0.5, 0.5, 0.125])  # seeds 7, 8, 9, 10: 8 and 9 tie at the top
+    monkeypatch.setattr(
+        build,
+        "sequence_coherence",
+        lambda index, users: {"markov_hit@10": next(scores), "next_same_first_code": 0.0},
+    )
+    config = IndexConfig(EmbeddingConfig(text_encoder="hash-32"), RQKMEANS, select_seeds=(7, 8, 9, 10))
+    index = build_index(dataset_a, tmp_path / "sid_index.json", config, text_encoder=HashEncoder(32))
+    assert index.stats["seed_selection"]["chosen"] == 8 and index.source["quantizer"]["seed"] == 8
+
+
+def test_select_seeds_needs_training_sequences(tmp_path):
+    # 3 interactions per user: one training item each, so no consecutive pair to count.
+    items = {f"i{n:02d}": genre_item(n) for n in range(12)}
+    rows = [Interaction(f"u{user}", f"i{(user + k) % 12:02d}", k) for user in range(8) for k in range(3)]
+    dataset = prepare(RawData("short", "test", items, rows, []), tmp_path / "dataset")
+    config = IndexConfig(EmbeddingConfig(text_encoder="hash-32"), RQKMEANS, select_seeds=(1, 2))
+    with pytest.raises(DataError, match="build with one --seed"):
+        build_index(dataset, tmp_path / "sid_index.json", config, text_encoder=HashEncoder(32))
+    assert not (tmp_path / "sid_index.json").exists()
+
+
+@pytest.mark.parametrize(("seeds", "message"), [((1, 1), "must be distinct"), ((5,), "at least two seeds")])
+def test_select_seeds_config_errors(seeds, message):
+    with pytest.raises(ValueError, match=message):
+        IndexConfig(select_seeds=seeds)
+
+
+def test_cli_select_seeds(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "sid_index.json"
+    args = ["index", "build", "--dataset", str(tiny_dataset.path), "--out", str(out), "--method", "rqkmeans",
+            "--text-encoder", "hash-32", "--codebook-size", "8"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main([*args, "--select-seeds", "1,two"])
+    assert "--select-seeds '1,two'" in capsys.readouterr().err
+    assert main([*args, "--select-seeds", "1"]) != 0
+    assert "at least two seeds" in capsys.readouterr().err
+    assert main([*args, "--select-seeds", "2,1"]) == 0
+    printed = capsys.readouterr().out
+    chosen = load_index(out).stats["seed_selection"]["chosen"]
+    assert f"seed {chosen} chosen by first-code markov_hit@10 on valid: 2 " in printed

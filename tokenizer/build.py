@@ -23,7 +23,7 @@ from llmrec.version import __version__
 from tokenizer.assign import assign_codes, assign_new_items, collision_rate, resolve_collisions
 from tokenizer.config import EmbeddingConfig, IndexConfig, QuantizerConfig, TextTemplate
 from tokenizer.embed import Encoder, embed_items
-from tokenizer.report import code_stats
+from tokenizer.report import code_stats, sequence_coherence
 from tokenizer.rqvae import RQVAE, ResidualCodebooks
 from tokenizer.train import fit_rqkmeans, train_rqvae
 
@@ -110,6 +110,56 @@ def quantize_embeddings(
     return codebooks, codes, codebook_sizes, stats
 
 
+SELECTION_METRIC = "markov_hit@10"
+
+
+def select_quantizer_seed(
+    embeddings: np.ndarray,
+    quantizer: QuantizerConfig,
+    seeds: tuple[int, ...],
+    item_ids: list[str],
+    users: list,
+) -> tuple[QuantizerConfig, tuple[ResidualCodebooks, np.ndarray, list[int], dict]]:
+    """Quantize `embeddings` (N, D) once per seed and keep the result whose first codes a first-order Markov model
+    predicts best for the validation items (`sequence_coherence`'s `markov_hit@10`; ties keep the earlier seed).
+
+    Only training sequences and validation targets are read, never a test item, so choosing here leaves the test
+    split untouched. Returns the chosen config (its `seed` set) and `quantize_embeddings`' output for it, whose
+    stats gain `seed_selection`: the metric and every candidate's score.
+    """
+    best, best_score, candidates = None, -1.0, []
+    for seed in seeds:
+        config = replace(quantizer, seed=seed)
+        result = quantize_embeddings(embeddings, config)
+        codes, codebook_sizes = result[1], result[2]
+        probe = SemanticIdIndex(
+            items={item_id: tuple(int(c) for c in row) for item_id, row in zip(item_ids, codes, strict=True)},
+            codebook_sizes=tuple(codebook_sizes),
+        )
+        coherence = sequence_coherence(probe, users)
+        if SELECTION_METRIC not in coherence:
+            raise DataError(
+                f"select_seeds ranks indices by how well first codes follow users' training sequences, but this "
+                f"dataset has none to count ({coherence.get('note')}); build with one --seed instead."
+            )
+        score = coherence[SELECTION_METRIC]
+        candidates.append(
+            {"seed": seed, SELECTION_METRIC: score, "next_same_first_code": coherence["next_same_first_code"]}
+        )
+        logger.info("Quantizer seed %d: first-code %s on validation %.4f", seed, SELECTION_METRIC, score)
+        if score > best_score:
+            best, best_score = (config, result), score
+    config, result = best
+    result[3]["seed_selection"] = {
+        "metric": SELECTION_METRIC,
+        "split": "valid",
+        "chosen": config.seed,
+        "candidates": candidates,
+    }
+    logger.info("Chose quantizer seed %d of %s (%s %.4f)", config.seed, list(seeds), SELECTION_METRIC, best_score)
+    return config, result
+
+
 def build_index(
     dataset: Dataset,
     out: str | Path,
@@ -125,7 +175,10 @@ def build_index(
     config = config or IndexConfig()
     out = Path(out)
     if not config.per_modality:
-        return build_one_index(dataset, out, config.embedding, config.quantizer, cache, text_encoder, image_encoder)
+        return build_one_index(
+            dataset, out, config.embedding, config.quantizer, cache, text_encoder, image_encoder,
+            select_seeds=config.select_seeds,
+        )  # fmt: skip
     indices = []
     for position, modality in enumerate(config.embedding.modalities):
         embedding = replace(config.embedding, modalities=(modality,))
@@ -133,7 +186,15 @@ def build_index(
         names = DEFAULT_LEVEL_NAMES if position == 0 else tuple(modality[0] + name for name in DEFAULT_LEVEL_NAMES)
         indices.append(
             build_one_index(
-                dataset, path, embedding, config.quantizer, cache, text_encoder, image_encoder, level_names=names
+                dataset,
+                path,
+                embedding,
+                config.quantizer,
+                cache,
+                text_encoder,
+                image_encoder,
+                level_names=names,
+                select_seeds=config.select_seeds,
             )
         )
     return indices[0]
@@ -148,8 +209,10 @@ def build_one_index(
     text_encoder: Encoder | None,
     image_encoder: Encoder | None,
     level_names: tuple[str, ...] = DEFAULT_LEVEL_NAMES,
+    select_seeds: tuple[int, ...] = (),
 ) -> SemanticIdIndex:
-    """Embed, quantize and save one index (one SID per item from the fused `embedding.modalities`)."""
+    """Embed, quantize and save one index (one SID per item from the fused `embedding.modalities`); with
+    `select_seeds`, quantize once per seed and keep the best on the validation split (`select_quantizer_seed`)."""
     # Record the encoders actually used, so that `add_items` embeds new items with the same ones.
     if text_encoder is not None:
         embedding = replace(embedding, text_encoder=text_encoder.name)
@@ -162,7 +225,12 @@ def build_one_index(
         dataset.items, embedding, cache, dataset.path, text_encoder, image_encoder, histories=histories
     )  # (N, D)
     embed_seconds = time.perf_counter() - started
-    codebooks, codes, codebook_sizes, stats = quantize_embeddings(embeddings, quantizer)
+    if select_seeds:
+        quantizer, (codebooks, codes, codebook_sizes, stats) = select_quantizer_seed(
+            embeddings, quantizer, select_seeds, list(dataset.items), dataset.load_split().users
+        )
+    else:
+        codebooks, codes, codebook_sizes, stats = quantize_embeddings(embeddings, quantizer)
     stats["embedding_seconds"] = round(embed_seconds, 2)
     stats["total_seconds"] = round(time.perf_counter() - started, 2)
     items = {item_id: tuple(int(c) for c in row) for item_id, row in zip(dataset.items, codes, strict=True)}

@@ -59,6 +59,13 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--epochs", type=int, default=defaults.epochs)
     build.add_argument("--min-steps", type=int, default=defaults.min_steps)
     build.add_argument("--seed", type=int, default=defaults.seed)
+    build.add_argument(
+        "--select-seeds",
+        type=seed_list,
+        default=(),
+        help="comma-separated quantizer seeds, e.g. 1,2,3,42: fit each, keep the index whose first codes follow "
+        "users' sequences best on the validation split (overrides --seed)",
+    )
     build.add_argument("--cache", type=Path, help="embedding cache folder (default: <dataset>/embeddings)")
     build.add_argument("--report", action="store_true", help="also write <out>.report.json and <out>.report.png")
 
@@ -72,6 +79,16 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--dataset", type=Path, required=True)
     report.add_argument("--out", type=Path, help="report JSON (default: <index>.report.json); a PNG goes beside it")
     report.add_argument("--field", help="label field for the coherence check (default: genres/categories/brand)")
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """`--select-seeds 1,2,3,42` -> (1, 2, 3, 42), with an error naming the value otherwise."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--select-seeds {text!r}: give comma-separated integer seeds, e.g. 1,2,3,42"
+        ) from None
 
 
 def write_report(index_path: Path, dataset_dir: Path, out: Path | None = None, field: str | None = None) -> dict:
@@ -131,10 +148,12 @@ def run_index_command(args: argparse.Namespace) -> None:
         index = build_index(
             dataset,
             args.out,
-            IndexConfig(embedding, quantizer, per_modality=args.per_modality),
+            IndexConfig(embedding, quantizer, per_modality=args.per_modality, select_seeds=args.select_seeds),
             args.cache or args.dataset / "embeddings",
         )
         print(summary_line(index.stats, len(index.items), index.num_levels))
+        if "seed_selection" in index.stats:
+            print(selection_line(index.stats["seed_selection"]))
         if args.report:
             write_report(args.out, args.dataset)
         print(f"wrote {args.out}")
@@ -148,6 +167,13 @@ def run_index_command(args: argparse.Namespace) -> None:
         stats = write_report(args.index, args.dataset, args.out, args.field)
         shown = {key: value for key, value in stats.items() if key != "prefix_group_sizes"}
         print(json.dumps(shown, indent=2))
+
+
+def selection_line(selection: dict) -> str:
+    """`seed 42 chosen by first-code markov_hit@10 on valid: 1 .4825, 2 .4602, ..., 42 .4920`."""
+    metric = selection["metric"]
+    scores = ", ".join(f"{row['seed']} {row[metric]:.4f}" for row in selection["candidates"])
+    return f"seed {selection['chosen']} chosen by first-code {metric} on {selection['split']}: {scores}"
 
 
 def summary_line(stats: dict, items: int, levels: int) -> str:

@@ -154,8 +154,24 @@ class IndexConfig:
             one index per modality, each with its own codebooks and token names (MQL4GRec, arXiv:2502.16865): the
             first modality's index is written to the output path, the others beside it as
             `<stem>.<modality>.json`, with level names prefixed by the modality's initial (`<ia_12><ib_3>...`).
+        select_seeds (`tuple[int, ...]`, *optional*): fit the quantizer once per seed and keep the index whose first
+            codes follow users' sequences best on the validation split (`tokenizer.report.sequence_coherence`'s
+            first-code Markov hit@10; ties keep the earlier seed). The RQ-VAE's seed alone moves that figure by
+            several points (ml-100k text+cf: .460 to .492 over 4 seeds), and the LM must predict the first code
+            first. Overrides `quantizer.seed`; the chosen seed is the one recorded, with every candidate's score.
     """
 
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     per_modality: bool = False
+    select_seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.select_seeds = tuple(self.select_seeds)
+        if len(set(self.select_seeds)) != len(self.select_seeds):
+            raise ValueError(f"select_seeds must be distinct, got {list(self.select_seeds)}.")
+        if len(self.select_seeds) == 1:
+            raise ValueError(
+                f"select_seeds needs at least two seeds to choose between, got {list(self.select_seeds)}; "
+                "for a single build set the quantizer seed instead (`--seed`)."
+            )
