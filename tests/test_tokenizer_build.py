@@ -625,3 +625,6 @@ def test_cli_select_seeds(tiny_dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     chosen = load_index(out).stats["seed_selection"]["chosen"]
     assert f"seed {chosen} chosen by first-code markov_hit@10 on valid: 2 " in printed
+    assert main(["index", "report", "--index", str(out), "--dataset", str(tiny_dataset.path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["seed_selection"]["chosen"] == chosen and len(report["seed_selection"]["candidates"]) == 2

@@ -102,7 +102,10 @@ def write_report(index_path: Path, dataset_dir: Path, out: Path | None = None, f
     dataset = load_dataset(dataset_dir)
     index = load_index(index_path, dataset.items)
     codes = np.array(list(index.items.values()))  # (N, M)
-    build_keys = ("collision_rate_before", "moved_by_sinkhorn", "extra_level", "reconstruction_mse", "total_seconds")
+    build_keys = (
+        "collision_rate_before", "moved_by_sinkhorn", "extra_level", "reconstruction_mse", "total_seconds",
+        "seed_selection",
+    )  # fmt: skip
     stats = {
         "index": str(index_path),
         "dataset": dataset.name,
