@@ -19,10 +19,9 @@ import time
 
 import torch
 from bench_base_dtype import cpu_name  # scripts/ is on sys.path when this file runs as a script
-from bench_quality import RESULTS
+from bench_quality import RESULTS, save_bench
 from transformers import AutoConfig
 
-from llmrec.data.io import write_json_atomic, write_text_atomic
 from llmrec.model import DEFAULT_MODEL, bf16_projections, resolve_model_path
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -132,10 +131,7 @@ def main() -> None:
     path = RESULTS / f"{STEM}.json"
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     result = merge_row(saved, row)
-    write_json_atomic(path, result)
-    text = markdown(result)
-    write_text_atomic(RESULTS / f"{STEM}.md", text)
-    print(text)
+    save_bench(STEM, result, markdown(result))
 
 
 if __name__ == "__main__":
