@@ -9,7 +9,8 @@ the validation split through the constrained decoder (all users, history exclude
 as `eval/results/raw/<dataset>/llmrec_<recipe>-seed<S>_valid.json`). The first recipe is the reference: every other
 row gets its NDCG@10 minus the reference's per user (each averaged over its seeds), paired bootstrap 95 % interval.
 A recipe that wins here is then run through bench_quality.py, which reuses the same trained folders for the test
-split. Writes `eval/results/recipes_valid_<dataset>.json` and `.md`.
+split. Writes `eval/results/recipes_valid_<dataset>.json` and `.md` (`--tag T`: `recipes_valid_<dataset>_<T>`, for a
+screen whose reference is another seed or index than the saved table's).
 """
 
 import argparse
@@ -55,6 +56,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_name(dataset: str, tag: str | None) -> str:
+    """File stem under eval/results: one table per dataset, or per tagged screen so it keeps the others'."""
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' or '_' (it becomes part of a file name)")
+    return f"recipes_valid_{dataset}" + (f"_{tag}" if tag else "")
+
+
 def main(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset)
     models = [
@@ -72,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
         "popularity_valid": evaluate_popularity(dataset, "valid"),
         "note": args.note,
     }
-    save_bench(f"recipes_valid_{dataset.name}", result, markdown(result))
+    save_bench(result_name(dataset.name, args.tag), result, markdown(result))
 
 
 if __name__ == "__main__":
@@ -89,5 +97,6 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds of recipes listed without '='")
     parser.add_argument("--runs", type=Path, default=Path("runs/quality"), help="where llmrec runs are trained")
     parser.add_argument("--num-beams", type=int, default=None, help="decoder beams (default 2 x 20)")
+    parser.add_argument("--tag", help="suffix of the result files, so one screen does not replace another's table")
     parser.add_argument("--note", help="a remark printed under the table (e.g. about machine load)")
     main(parser.parse_args())

@@ -74,3 +74,10 @@ def test_every_recipe_is_compared_with_the_first_user_by_user():
     assert "| llmrec `a` | 42,43 | 0.1000 ± 0.0000 |" in table and "| most-popular | - |" in table
     diff = second["ndcg@10_vs_first"]
     assert f"| 60.0 | {diff['diff']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] |" in table
+
+
+def test_a_tagged_screen_writes_its_own_table():
+    assert bench.result_name("ml-100k", None) == "recipes_valid_ml-100k"
+    assert bench.result_name("ml-100k", "select43") == "recipes_valid_ml-100k_select43"
+    with pytest.raises(ValueError, match="--tag '../x'"):
+        bench.result_name("ml-100k", "../x")
