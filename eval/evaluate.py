@@ -78,9 +78,11 @@ def evaluate_run(
     num_beams: int | None = None,
     max_users: int | None = None,
     batch_size: int = 8,
+    renormalize: bool = False,
 ) -> dict:
     """A trained run on the `split` examples of `dataset`, through the constrained decoder (full ranking: every
-    catalog item is reachable; items the user has already seen are excluded, as for the popularity baseline)."""
+    catalog item is reachable; items the user has already seen are excluded, as for the popularity baseline);
+    `renormalize` as in `Recommender.recommend_batch`."""
     from llmrec.recommender import Recommender
 
     recommender = Recommender.from_pretrained(run_dir)
@@ -98,7 +100,9 @@ def evaluate_run(
     ranked = []
     for start in tqdm(range(0, len(histories), batch_size), desc=f"evaluate {split}", unit="batch", mininterval=2.0):
         chunk = histories[start : start + batch_size]
-        recs = recommender.recommend_batch(chunk, k=k, num_beams=num_beams, batch_size=batch_size)
+        recs = recommender.recommend_batch(
+            chunk, k=k, num_beams=num_beams, batch_size=batch_size, renormalize=renormalize
+        )
         ranked += [[rec.item_id for rec in user_recs] for user_recs in recs]
     metrics = ranking_metrics(ranked, targets, dataset.items, ks=(5, 10, 20))
     return {
@@ -108,7 +112,12 @@ def evaluate_run(
         "split": split,
         **metrics,
         "n_users": len(users),
-        "config": {"k": k, "num_beams": beam_width(dataset, num_beams, k), "exclude_seen": True},
+        "config": {
+            "k": k,
+            "num_beams": beam_width(dataset, num_beams, k),
+            "exclude_seen": True,
+            "renormalize": renormalize,
+        },
         "run_index_sha256": sha256_file(Path(run_dir) / "sid_index.json"),
         "run_sids_sha256": recommender.index.sids_sha256(),
         "run_adapter_sha256": sha256_file(Path(run_dir) / "adapter_model.safetensors"),
@@ -125,16 +134,23 @@ def beam_width(dataset: Dataset, num_beams: int | None, k: int = 20) -> int:
 
 
 def scored_alike(
-    saved: dict, dataset: Dataset, split: SplitName, max_users: int | None = None, num_beams: int | None = None
+    saved: dict,
+    dataset: Dataset,
+    split: SplitName,
+    max_users: int | None = None,
+    num_beams: int | None = None,
+    renormalize: bool = False,
 ) -> bool:
-    """Whether a saved llmrec result scored this `split` of `dataset` for the same users and with the same beam
-    width (`beam_width`: `evaluate_run`'s default when `num_beams` is None)."""
+    """Whether a saved llmrec result scored this `split` of `dataset` for the same users, with the same beam width
+    (`beam_width`: `evaluate_run`'s default when `num_beams` is None) and the same `renormalize` (results saved
+    before that option existed decoded without it)."""
     everyone = len(dataset.load_split().users)
     users = min(max_users, everyone) if max_users else everyone  # evaluate_run slices the first max_users
     return (
         saved.get("split") == split
         and saved.get("n_users") == users
         and saved.get("config", {}).get("num_beams") == beam_width(dataset, num_beams)
+        and saved.get("config", {}).get("renormalize", False) == renormalize
     )
 
 
@@ -145,16 +161,18 @@ def evaluate_run_cached(
     out: str | Path,
     max_users: int | None = None,
     num_beams: int | None = None,
+    renormalize: bool = False,
 ) -> dict:
     """`evaluate_run`, saved to `out`; an existing `out` is reused when it scored this exact adapter (checksum) on
-    the same split, number of users and beam width."""
+    the same split, number of users, beam width and `renormalize`."""
     out = Path(out)
     if out.is_file():
         saved = json.loads(out.read_text(encoding="utf-8"))
         adapter = sha256_file(Path(run_dir) / "adapter_model.safetensors")
-        if saved.get("run_adapter_sha256") == adapter and scored_alike(saved, dataset, split, max_users, num_beams):
+        same = scored_alike(saved, dataset, split, max_users, num_beams, renormalize)
+        if saved.get("run_adapter_sha256") == adapter and same:
             logger.info("Reusing %s", out)
             return saved
-    metrics = evaluate_run(run_dir, dataset, split, num_beams=num_beams, max_users=max_users)
+    metrics = evaluate_run(run_dir, dataset, split, num_beams=num_beams, max_users=max_users, renormalize=renormalize)
     save_metrics(metrics, out)
     return metrics

@@ -99,6 +99,9 @@ def make_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--num-beams", type=int, help="beam width (default 2k)")
     recommend.add_argument("--keep-history", action="store_true", help="allow items of the history")
+    recommend.add_argument(
+        "--renormalize", action="store_true", help="normalise each SID level over the codes the trie allows"
+    )
     recommend.add_argument("--skip-unknown", action="store_true", help="drop unknown ids with a warning")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recommend.add_argument(
@@ -111,6 +114,9 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", type=Path, help="evaluate this trained llmrec run instead of a baseline")
     evaluate.add_argument("--num-beams", type=int, help="beam width for --run (default 2 x 20)")
     evaluate.add_argument("--max-users", type=int, help="evaluate only the first N users (quick checks)")
+    evaluate.add_argument(
+        "--renormalize", action="store_true", help="--run: normalise each SID level over the codes the trie allows"
+    )
     evaluate.add_argument("--split", choices=("valid", "test"), default="test")
     evaluate.add_argument("--keep-seen", action="store_true", help="do not exclude items already in the history")
     evaluate.add_argument("--out", type=Path, help="metrics.json to write")
@@ -158,7 +164,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     dataset = load_dataset(args.dataset)
     if args.run:
-        metrics = evaluate_run(args.run, dataset, args.split, num_beams=args.num_beams, max_users=args.max_users)
+        metrics = evaluate_run(
+            args.run, dataset, args.split, num_beams=args.num_beams, max_users=args.max_users,
+            renormalize=args.renormalize,
+        )  # fmt: skip
     else:
         metrics = evaluate_popularity(dataset, args.split, exclude_seen=not args.keep_seen)
     if args.out:
@@ -172,7 +181,7 @@ def run_recommend(args: argparse.Namespace) -> None:
     recommender = Recommender.from_pretrained(args.run)
     recs = recommender.recommend(
         args.history, k=args.k, exclude_history=not args.keep_history, num_beams=args.num_beams,
-        skip_unknown=args.skip_unknown, mode=args.mode,
+        skip_unknown=args.skip_unknown, mode=args.mode, renormalize=args.renormalize,
     )  # fmt: skip
     if args.json:
         print(json.dumps([rec.__dict__ for rec in recs], indent=2, ensure_ascii=False))

@@ -107,6 +107,7 @@ def constrained_beam_search(
     top_k: int | None = None,
     exclude: Sequence[Iterable[str]] | None = None,
     output_token_ids: torch.LongTensor | None = None,
+    renormalize: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Top items per prompt by beam search restricted to the SIDs in `trie`.
 
@@ -123,6 +124,10 @@ def constrained_beam_search(
             Prefixes whose every item is excluded are pruned, so no beam is wasted on a dead end.
         output_token_ids (`torch.LongTensor` of shape `(V_out,)`, *optional*): normalise each step's log-probs over
             these tokens only, as a `sid_softmax` run was trained (`llmrec.sid_softmax`); default: all of them.
+        renormalize (`bool`, *optional*, defaults to `False`): normalise each level's log-probs over the codes the
+            trie allows after the beam's prefix (and that still lead to a non-excluded item), so that an item's score
+            is its probability given that the model writes a valid, unseen SID: mass the model puts on codes that
+            lead nowhere no longer lowers the items of that prefix; exp(score) then sums to 1 over the reachable items.
 
     Returns:
         `list[list[tuple[str, float]]]`: per prompt, up to `top_k` distinct `(item_id, score)` pairs sorted by
@@ -160,6 +165,9 @@ def constrained_beam_search(
     for level in range(trie.num_levels):
         code_log_probs = log_probs[..., trie.token_ids[level]]  # (B, K or 1, K_m)
         child, allowed = trie.allowed(level, nodes, remaining)  # (B, K, K_m)
+        if renormalize:
+            code_log_probs = torch.where(allowed, code_log_probs, -torch.inf).log_softmax(-1)  # (B, K, K_m)
+            # A beam with no allowed code gets NaN (-inf - -inf); masked to -inf just below, like any such beam.
         candidates = (scores[..., None] + code_log_probs).masked_fill(~allowed, -torch.inf)  # (B, K, K_m)
         scores, flat = candidates.view(batch, -1).topk(num_beams, dim=-1)  # (B, K): best (beam, code) pairs
         size = child.shape[-1]

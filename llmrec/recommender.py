@@ -126,8 +126,12 @@ class Recommender:
         candidates: list[str] | None = None,
         mode: str = "direct",
         max_think_tokens: int | None = None,
+        renormalize: bool = False,
     ) -> list[list[Recommendation]]:
         """Top-`k` items for each history (oldest item first); `num_beams` defaults to 2k.
+
+        `renormalize=True` normalises each SID level's probabilities over the codes the trie allows after the prefix
+        (`constrained_beam_search`), so a score is the item's probability given a valid, unseen SID.
 
         `candidates` restricts the results to those item ids (a sub-trie: the beams never leave it). `mode="reason"`
         lets the model write a `<think>` rationale (greedy, at most `max_think_tokens`: by default the budget of the
@@ -168,6 +172,7 @@ class Recommender:
                 top_k=k,
                 exclude=[set(h) for h in chunk] if exclude_history else None,
                 output_token_ids=self.output_token_ids,
+                renormalize=renormalize,
             )
             for pairs, rationale in zip(found, rationales, strict=True):
                 results.append(

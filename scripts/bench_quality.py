@@ -120,6 +120,14 @@ def valid_arm(config: Path, out: Path, overrides: list[str], dataset, shown: tup
     return fields, log
 
 
+def tagged_stem(prefix: str, tag: str | None) -> str:
+    """`prefix`, or `prefix_<tag>` for a bench run that must not overwrite the untagged table (another run, seed or
+    index); the tag becomes part of a file name, so only letters, digits, '-' and '_' are accepted."""
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' or '_' (it becomes part of a file name)")
+    return prefix + (f"_{tag}" if tag else "")
+
+
 def save_bench(stem: str, result: dict, text: str) -> None:
     """Write a validation bench's result to `eval/results/<stem>.json` (atomically) and its table to `<stem>.md`, and
     print the table. Used by bench_layers.py, bench_sid_modalities.py and bench_base_dtype.py."""

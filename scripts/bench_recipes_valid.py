@@ -23,6 +23,7 @@ from bench_quality import (  # scripts/ is on sys.path when this file runs as a 
     llmrec_model,
     recipe_with_seeds,
     save_bench,
+    tagged_stem,
     versus,
     without_per_user,
 )
@@ -58,9 +59,7 @@ def markdown(result: dict) -> str:
 
 def result_name(dataset: str, tag: str | None) -> str:
     """File stem under eval/results: one table per dataset, or per tagged screen so it keeps the others'."""
-    if tag and not tag.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' or '_' (it becomes part of a file name)")
-    return f"recipes_valid_{dataset}" + (f"_{tag}" if tag else "")
+    return tagged_stem(f"recipes_valid_{dataset}", tag)
 
 
 def main(args: argparse.Namespace) -> None:

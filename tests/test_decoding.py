@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -152,6 +153,57 @@ def test_exclusion_is_per_user_and_exact(setup):
         assert result == [(item_id, score) for item_id, score in full_result if item_id not in excluded]
     everything = [list(index.items)] * 3
     assert constrained_beam_search(model, input_ids, attention_mask, trie, 3, exclude=everything) == [[], [], []]
+
+
+@torch.no_grad()
+def brute_force_renormalized(model, prompt_ids, trie, index, excluded=()) -> dict[str, float]:
+    """Each non-excluded item's log-probability with every level normalised over the codes that continue its prefix
+    towards a non-excluded item, by teacher forcing one item at a time (independent of the beam search's tensors)."""
+    kept = {item_id: index.items[item_id] for item_id in trie.item_ids if item_id not in set(excluded)}
+    scores = {}
+    for item_id, sid in kept.items():
+        tokens = [int(trie.token_ids[level][code]) for level, code in enumerate(sid)]
+        logits = model(input_ids=torch.tensor([prompt_ids + tokens])).logits[0]  # (L + M, V)
+        total = 0.0
+        for level, code in enumerate(sid):
+            log_probs = logits[len(prompt_ids) - 1 + level].log_softmax(-1)  # (V,)
+            children = sorted({other[level] for other in kept.values() if other[:level] == sid[:level]})
+            child_log_probs = log_probs[trie.token_ids[level][children]]
+            total += float(log_probs[trie.token_ids[level][code]] - child_log_probs.logsumexp(0))
+        scores[item_id] = total
+    return scores
+
+
+def test_renormalized_scores_are_probabilities_over_the_allowed_items(setup):
+    tokenizer, index, model, trie = setup
+    input_ids, attention_mask = encode(tokenizer, PROMPTS)
+    exclude = [[], ["item0", "item5"], list(index.items)[:11]]  # the last prompt keeps one item: its score is 0
+    plain = constrained_beam_search(model, input_ids, attention_mask, trie, num_beams=12, exclude=exclude)
+    results = constrained_beam_search(
+        model, input_ids, attention_mask, trie, num_beams=12, exclude=exclude, renormalize=True
+    )
+    for row, (result, excluded) in enumerate(zip(results, exclude, strict=True)):
+        expected = brute_force_renormalized(model, unpadded(input_ids, attention_mask, row), trie, index, excluded)
+        assert sorted(item_id for item_id, _ in result) == sorted(expected)
+        assert [item_id for item_id, _ in result] == sorted(expected, key=expected.get, reverse=True)
+        assert_scores_close(result, expected)
+        assert sum(math.exp(score) for _, score in result) == pytest.approx(1.0, abs=1e-5)
+        # Without renormalisation the model's mass on other tokens and on dead-end codes is lost: the sum is < 1.
+        assert sum(math.exp(score) for _, score in plain[row]) < 0.99
+    assert results[2] == [(list(index.items)[11], pytest.approx(0.0, abs=1e-6))]
+
+
+def test_renormalized_narrow_beams_keep_exact_scores(setup):
+    tokenizer, index, model, trie = setup
+    input_ids, attention_mask = encode(tokenizer, PROMPTS)
+    for num_beams in (1, 3):
+        results = constrained_beam_search(
+            model, input_ids, attention_mask, trie, num_beams=num_beams, renormalize=True
+        )
+        for row, result in enumerate(results):
+            expected = brute_force_renormalized(model, unpadded(input_ids, attention_mask, row), trie, index)
+            assert len({item_id for item_id, _ in result}) == len(result) == num_beams
+            assert_scores_close(result, expected)
 
 
 def test_sub_trie_restricts_candidates(setup):

@@ -31,8 +31,8 @@ def test_evaluate_popularity_on_tiny_dataset(tiny_dataset):
 
 
 def test_scored_alike_matches_what_evaluate_run_would_score(tiny_dataset):
-    """A cached llmrec result is reused only for the same split, users and beam width; asking for more users than
-    the split has scores all of them, as `evaluate_run` does, so it matches a result over everyone."""
+    """A cached llmrec result is reused only for the same split, users, beam width and renormalisation; asking for
+    more users than the split has scores all of them, as `evaluate_run` does, so it matches a result over everyone."""
     from eval.evaluate import scored_alike
 
     saved = {"split": "test", "n_users": 4, "config": {"num_beams": 2 * 6}}  # 6 items: top-20 capped at 6
@@ -41,3 +41,8 @@ def test_scored_alike_matches_what_evaluate_run_would_score(tiny_dataset):
     assert not scored_alike(saved, tiny_dataset, "test", max_users=3)
     assert not scored_alike(saved, tiny_dataset, "valid")
     assert not scored_alike(saved, tiny_dataset, "test", num_beams=8)
+    # Saved before `renormalize` existed: decoded without it, so it stands for renormalize=False only.
+    assert not scored_alike(saved, tiny_dataset, "test", renormalize=True)
+    renormalized = {**saved, "config": {"num_beams": 12, "renormalize": True}}
+    assert scored_alike(renormalized, tiny_dataset, "test", renormalize=True)
+    assert not scored_alike(renormalized, tiny_dataset, "test")

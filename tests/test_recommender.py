@@ -118,6 +118,15 @@ def test_candidates_restrict_results(run_dir):
         recommender.recommend(["a"], k=1, candidates=["q"])
 
 
+def test_renormalized_scores_are_probabilities_over_the_unseen_catalog(run_dir):
+    recommender = Recommender.from_pretrained(run_dir)
+    recs = recommender.recommend(["a", "b"], k=4, renormalize=True)
+    assert {r.item_id for r in recs} == set("cdef")
+    assert sum(np.exp(r.score) for r in recs) == pytest.approx(1.0, abs=1e-5)
+    plain = recommender.recommend(["a", "b"], k=4)
+    assert sum(np.exp(r.score) for r in plain) < 0.99
+
+
 def test_batch_equals_single(run_dir):
     recommender = Recommender.from_pretrained(run_dir)
     histories = [["a"], ["b", "c", "d"], ["e", "a"]]
@@ -223,3 +232,6 @@ def test_cli_evaluate_run(run_dir, tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["model"] == "llmrec" and metrics["n_users"] == 2 and metrics["invalid_rate"] == 0.0
+    assert metrics["config"]["renormalize"] is False
+    assert main([*argv, "--renormalize", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["renormalize"] is True
