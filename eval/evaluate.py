@@ -169,8 +169,9 @@ def evaluate_run_cached(
     if out.is_file():
         saved = json.loads(out.read_text(encoding="utf-8"))
         adapter = sha256_file(Path(run_dir) / "adapter_model.safetensors")
-        same = scored_alike(saved, dataset, split, max_users, num_beams, renormalize)
-        if saved.get("run_adapter_sha256") == adapter and same:
+        if saved.get("run_adapter_sha256") == adapter and scored_alike(
+            saved, dataset, split, max_users, num_beams, renormalize
+        ):
             logger.info("Reusing %s", out)
             return saved
     metrics = evaluate_run(run_dir, dataset, split, num_beams=num_beams, max_users=max_users, renormalize=renormalize)

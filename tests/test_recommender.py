@@ -197,6 +197,10 @@ def test_cli_recommend(run_dir, capsys):
     assert main(["recommend", "--run", str(run_dir), "--history", "a", "b", "--k", "3", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert len(recs) == 3 and {r["item_id"] for r in recs} <= set("cdef")
+    argv = ["recommend", "--run", str(run_dir), "--history", "a", "b", "--k", "4", "--renormalize", "--json"]
+    assert main(argv) == 0
+    renormalized = json.loads(capsys.readouterr().out)
+    assert sum(np.exp(r["score"]) for r in renormalized) == pytest.approx(1.0, abs=1e-5)
     assert main(["recommend", "--run", str(run_dir), "--history", "a", "--k", "2"]) == 0
     assert "Title A" in capsys.readouterr().out
     assert main(["recommend", "--run", str(run_dir), "--history", "a", "--k", "2", "--mode", "reason", "--json"]) == 0
