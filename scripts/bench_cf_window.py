@@ -124,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset)
+    stem = tagged_stem(f"cf_window_{dataset.name}", args.tag)  # a bad --tag fails now, not after the builds
     users = dataset.load_split().users  # read once: every index is scored on the same training pairs
     arms = [(("text", "cf"), window, weight) for window in args.windows for weight in args.cf_weights]
     arms += [(("cf",), window, 1.0) for window in args.windows] if args.cf_only else []
@@ -134,7 +135,7 @@ def main() -> None:
             rows.append(build_or_reuse(dataset, users, out, window, seed, modalities, weight))
             print(rows[-1], flush=True)
     result = {"dataset": dataset.name, "indices": rows, "arms": summarise(rows)}
-    save_bench(tagged_stem(f"cf_window_{dataset.name}", args.tag), result, markdown(result))
+    save_bench(stem, result, markdown(result))
 
 
 if __name__ == "__main__":
