@@ -22,6 +22,7 @@ from bench_quality import (  # scripts/ is on sys.path when this file runs as a 
     RESULTS,
     ndcg10_change,
     save_bench,
+    tag_argument,
     tagged_stem,
 )
 
@@ -102,5 +103,7 @@ if __name__ == "__main__":
         default=[(40, False), (20, False), (80, False)],
         help="arms: a width, with an r suffix to renormalise (40 40r 20); the first is the reference",
     )
-    parser.add_argument("--tag", help="write beams_<dataset>_<tag> instead, keeping the untagged table")
+    parser.add_argument(
+        "--tag", type=tag_argument, help="write beams_<dataset>_<tag> instead, keeping the untagged table"
+    )
     main(parser.parse_args())

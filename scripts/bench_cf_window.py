@@ -21,7 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_quality import save_bench, tagged_stem  # scripts/ is on sys.path when this file runs as a script
+from bench_quality import (
+    save_bench,
+    tag_argument,
+    tagged_stem,
+)  # scripts/ is on sys.path when this file runs as a script
 
 from llmrec.data.dataset import load_dataset
 from llmrec.sid import load_index
@@ -119,12 +123,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 42])
     parser.add_argument("--cf-weights", type=float, nargs="+", default=[1.0], help="weights of the cf block vs text")
     parser.add_argument("--cf-only", action="store_true", help="also build indices from the cf block alone")
-    parser.add_argument("--tag", default="", help="suffix of the result files, so a second screen keeps the first")
+    parser.add_argument(
+        "--tag", type=tag_argument, default="", help="suffix of the result files, so a second screen keeps the first"
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/cf_window"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset)
-    stem = tagged_stem(f"cf_window_{dataset.name}", args.tag)  # a bad --tag fails now, not after the builds
     users = dataset.load_split().users  # read once: every index is scored on the same training pairs
     arms = [(("text", "cf"), window, weight) for window in args.windows for weight in args.cf_weights]
     arms += [(("cf",), window, 1.0) for window in args.windows] if args.cf_only else []
@@ -135,7 +140,7 @@ def main() -> None:
             rows.append(build_or_reuse(dataset, users, out, window, seed, modalities, weight))
             print(rows[-1], flush=True)
     result = {"dataset": dataset.name, "indices": rows, "arms": summarise(rows)}
-    save_bench(stem, result, markdown(result))
+    save_bench(tagged_stem(f"cf_window_{dataset.name}", args.tag), result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -128,9 +128,19 @@ def tagged_stem(prefix: str, tag: str | None) -> str:
     return prefix + (f"_{tag}" if tag else "")
 
 
+def tag_argument(text: str) -> str:
+    """argparse `type` of a bench's `--tag`: checked by `tagged_stem`'s rule when the command line is read, so a bad
+    tag fails at once instead of after the bench's training or decoding."""
+    try:
+        tagged_stem("", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def save_bench(stem: str, result: dict, text: str) -> None:
     """Write a validation bench's result to `eval/results/<stem>.json` (atomically) and its table to `<stem>.md`, and
-    print the table. Used by bench_layers.py, bench_sid_modalities.py and bench_base_dtype.py."""
+    print the table. Used by the validation benches (bench_layers.py, bench_beams.py, bench_recipes_valid.py, ...)."""
     write_json_atomic(RESULTS / f"{stem}.json", result)
     write_text_atomic(RESULTS / f"{stem}.md", text)
     print(text)

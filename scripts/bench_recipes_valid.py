@@ -23,6 +23,7 @@ from bench_quality import (  # scripts/ is on sys.path when this file runs as a 
     llmrec_model,
     recipe_with_seeds,
     save_bench,
+    tag_argument,
     tagged_stem,
     versus,
     without_per_user,
@@ -96,6 +97,8 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds of recipes listed without '='")
     parser.add_argument("--runs", type=Path, default=Path("runs/quality"), help="where llmrec runs are trained")
     parser.add_argument("--num-beams", type=int, default=None, help="decoder beams (default 2 x 20)")
-    parser.add_argument("--tag", help="suffix of the result files, so one screen does not replace another's table")
+    parser.add_argument(
+        "--tag", type=tag_argument, help="suffix of the result files, so one screen does not replace another's table"
+    )
     parser.add_argument("--note", help="a remark printed under the table (e.g. about machine load)")
     main(parser.parse_args())

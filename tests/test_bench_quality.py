@@ -143,3 +143,13 @@ def test_update_readme_replaces_only_the_results_block(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="lacks the"):
         bench_quality.update_readme(readme)
     assert readme.read_text(encoding="utf-8") == "no markers\n"
+
+
+def test_tag_argument_rejects_a_tag_that_is_not_a_plain_file_name_part_when_the_command_line_is_read():
+    assert bench_quality.tag_argument("select-43_b") == "select-43_b"
+    for bad in ("../x", "a b", "x/y"):
+        with pytest.raises(argparse.ArgumentTypeError, match="letters, digits"):
+            bench_quality.tag_argument(bad)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tag", type=bench_quality.tag_argument)
+    assert parser.parse_args(["--tag", "l2"]).tag == "l2"
