@@ -5,15 +5,17 @@ r"""Quality benchmark: most-popular, SASRec (RecBole 1.2.1) and llmrec on the sa
         --sft-config scripts/configs/sft_office.yaml scripts/configs/sft_office_3ep.yaml   # one row per recipe
     python scripts/bench_quality.py --dataset data/amazon-office --llmrec-seeds 42 \
         --sft-config scripts/configs/sft_office.yaml scripts/configs/sft_office_5ep.yaml=42,43,44  # per-recipe seeds
+    python scripts/bench_quality.py --dataset data/ml-100k --sasrec-max-seconds none ...  # SASRec to early stop
     python scripts/bench_quality.py --readme    # only regenerate the README's results section
 
-For each seed: SASRec is trained and scored in our harness (history items masked, like every row), and an
-llmrec run is trained with `scripts/sft.py --config SFT_CONFIG --seed S` (reused if already finished, resumed
-if killed) and scored through the constrained decoder. Every per-seed result is cached under
-`eval/results/raw/`, so a rerun only computes what is missing. Writes `eval/results/quality_<dataset>.json`
-(per-seed metrics, mean and standard deviation, training CPU-minutes, configs and checksums), `quality_<dataset>.md`
-and `quality_<dataset>.png`, then regenerates the README section between the `results:quality` markers from
-every `quality_*.json`. Each llmrec row is also compared with SASRec user by user (NDCG@10, paired bootstrap 95 %
+For each seed: SASRec is trained (until RecBole's early stopping, or the epoch that crosses `--sasrec-max-seconds`,
+600 s by default; its row says which) and scored in our harness (history items masked, like every row), and an
+llmrec run is trained with `scripts/sft.py --config SFT_CONFIG --seed S` (reused if already finished, resumed if
+killed) and scored through the constrained decoder. Every per-seed result is cached under `eval/results/raw/`, so a
+rerun only computes what is missing. Writes `eval/results/quality_<dataset>.json` (per-seed metrics, mean and
+standard deviation, training CPU-minutes, configs and checksums), `quality_<dataset>.md` and
+`quality_<dataset>.png`, then regenerates the README section between the `results:quality` markers from every
+`quality_*.json`. Each llmrec row is also compared with SASRec user by user (NDCG@10, paired bootstrap 95 %
 interval) when both have per-user ranks in their raw files (results cached before those were stored lack them:
 delete such a raw file to recompute it).
 """
@@ -63,6 +65,38 @@ def sasrec_cache_matches(saved: dict, dataset_files: dict, max_seconds: float | 
             max_seconds,
         )
     return saved["dataset_sha256"] == dataset_files and same_budget
+
+
+DEFAULT_SASREC_SECONDS = 600.0
+
+
+def sasrec_budget(text: str) -> float | None:
+    """Parse `--sasrec-max-seconds`: seconds per seed, or `none` to train until RecBole's early stopping ends it."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"the SASRec budget must be positive seconds or 'none', got {text!r}")
+    return seconds
+
+
+def sasrec_result_name(seed: int, max_seconds: float | None) -> str:
+    """Raw file of one SASRec seed: `sasrec_seed42.json` for the default budget, `sasrec_seed42_1800s.json` or
+    `sasrec_seed42_uncapped.json` for another, so results of different budgets are kept side by side."""
+    if max_seconds == DEFAULT_SASREC_SECONDS:
+        return f"sasrec_seed{seed}.json"
+    budget = "uncapped" if max_seconds is None else f"{max_seconds:g}s"
+    return f"sasrec_seed{seed}_{budget}.json"
+
+
+def sasrec_row_name(rows: list[dict], max_seconds: float | None) -> str:
+    """The SASRec row's name says whether every seed ended by early stopping or the wall-clock cap cut one short,
+    since a cut baseline is a weaker bar."""
+    cut = max_seconds is not None and any(row["train_time_s"] >= max_seconds for row in rows)
+    return f"SASRec (RecBole, cut at {max_seconds:g} s)" if cut else "SASRec (RecBole, early-stopped)"
 
 
 def recipe_with_seeds(text: str) -> tuple[Path, list[int] | None]:
@@ -374,7 +408,7 @@ def main(args: argparse.Namespace) -> None:
         for seed in args.sasrec_seeds or args.seeds:
             rows.append(
                 cached(
-                    raw / f"sasrec_seed{seed}.json",
+                    raw / sasrec_result_name(seed, args.sasrec_max_seconds),
                     lambda seed=seed: evaluate_sasrec(
                         dataset,
                         "test",
@@ -389,7 +423,12 @@ def main(args: argparse.Namespace) -> None:
             row["seed"] = seed
         minutes = round(statistics.fmean(row["train_time_s"] for row in rows) / 60, 1)
         models.append(
-            {"name": "SASRec (RecBole)", "per_seed": rows, "summary": summary(rows), "train_cpu_minutes": minutes}
+            {
+                "name": sasrec_row_name(rows, args.sasrec_max_seconds),
+                "per_seed": rows,
+                "summary": summary(rows),
+                "train_cpu_minutes": minutes,
+            }
         )
 
     for sft_config, recipe_seeds in args.sft_config or []:
@@ -429,7 +468,12 @@ if __name__ == "__main__":
     parser.add_argument("--llmrec-seeds", type=int, nargs="+", help="seeds for llmrec only (default: --seeds)")
     parser.add_argument("--runs", type=Path, default=Path("runs/quality"), help="where llmrec runs are trained")
     parser.add_argument("--num-beams", type=int, default=None, help="decoder beams (default 2 x 20)")
-    parser.add_argument("--sasrec-max-seconds", type=float, default=600.0, help="SASRec wall-clock cap per seed")
+    parser.add_argument(
+        "--sasrec-max-seconds",
+        type=sasrec_budget,
+        default=DEFAULT_SASREC_SECONDS,
+        help="SASRec wall-clock cap per seed, or 'none': train until early stopping (RecBole's stopping_step)",
+    )
     parser.add_argument("--skip-sasrec", action="store_true")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README results section")
     arguments = parser.parse_args()

@@ -24,6 +24,28 @@ def test_cached_sasrec_is_reused_only_for_the_same_split_and_budget():
     assert not bench_quality.sasrec_cache_matches({**saved, "config": {}}, FILES, 600.0)
 
 
+def test_an_uncapped_sasrec_budget_is_cached_apart_from_the_default_budget():
+    assert bench_quality.sasrec_budget("none") is None
+    assert bench_quality.sasrec_budget("1800") == 1800.0
+    for bad in ("0", "-5", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match="'none'"):
+            bench_quality.sasrec_budget(bad)
+    assert bench_quality.sasrec_result_name(42, 600.0) == "sasrec_seed42.json"  # the files already on disk
+    assert bench_quality.sasrec_result_name(42, None) == "sasrec_seed42_uncapped.json"
+    assert bench_quality.sasrec_result_name(43, 1800.0) == "sasrec_seed43_1800s.json"
+    saved = {"dataset_sha256": FILES, "config": {"max_seconds": None}}
+    assert bench_quality.sasrec_cache_matches(saved, FILES, None)
+    assert not bench_quality.sasrec_cache_matches(saved, FILES, 600.0)
+
+
+def test_the_sasrec_row_says_whether_the_budget_cut_a_seed_short():
+    stopped = [{"train_time_s": 350.0}, {"train_time_s": 420.0}]
+    cut = [{"train_time_s": 350.0}, {"train_time_s": 640.0}]  # the epoch that crosses the cap still ends
+    assert bench_quality.sasrec_row_name(stopped, 600.0) == "SASRec (RecBole, early-stopped)"
+    assert bench_quality.sasrec_row_name(cut, 600.0) == "SASRec (RecBole, cut at 600 s)"
+    assert bench_quality.sasrec_row_name(cut, None) == "SASRec (RecBole, early-stopped)"
+
+
 def seed_row(ranks: list[int], users=("u1", "u2", "u3", "u4")) -> dict:
     return {"user_ids": list(users), "target_ranks": ranks}
 
