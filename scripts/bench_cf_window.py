@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_quality import (
+from bench_quality import (  # scripts/ is on sys.path when this file runs as a script
     save_bench,
     tag_argument,
     tagged_stem,
-)  # scripts/ is on sys.path when this file runs as a script
+)
 
 from llmrec.data.dataset import load_dataset
 from llmrec.sid import load_index
